@@ -1,0 +1,1 @@
+"""Video sampling, dataset ingest, model-ready shards and the synthetic long-video benchmark."""

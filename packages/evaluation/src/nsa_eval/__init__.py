@@ -1,0 +1,1 @@
+"""Video-QA benchmarks, methods and baselines, ablations, analyses and reports."""
