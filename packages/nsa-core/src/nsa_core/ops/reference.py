@@ -82,6 +82,8 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: flo
         ``(o [B, C, HKV, G, D], lse [B, C, HKV, G])``. A query with no valid key gets ``o = 0`` and
         ``lse = -inf`` (the log of an empty sum), with finite gradients.
     """
+    if k.shape[3] == 0:
+        return torch.zeros_like(q), q.new_full(q.shape[:-1], float("-inf"))
     k = k.expand(q.shape[0], q.shape[1], *k.shape[2:])
     v = v.expand(q.shape[0], q.shape[1], *v.shape[2:])
     scores = torch.einsum("bchgd,bchkd->bchgk", q, k) * scale
