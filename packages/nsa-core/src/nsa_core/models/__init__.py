@@ -1,0 +1,1 @@
+"""Integrations of the hybrid NSA attention into stock transformers models (needs the ``qwen`` extra)."""
