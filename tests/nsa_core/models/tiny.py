@@ -5,7 +5,6 @@ Shape legend: B batch, T tokens, F frames, H/W pixels; one LLM video token cover
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -102,8 +101,3 @@ def build_batch(samples: list[list[tuple]], seed: int = 0) -> dict[str, torch.Te
         batch["video_grid_thw"] = torch.tensor(grids)
         batch["second_per_grid_ts"] = torch.full((len(grids),), 0.5)
     return batch
-
-
-@pytest.fixture(scope="module")
-def stock_model() -> Qwen2_5_VLForConditionalGeneration:
-    return tiny_model()
