@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from nsa_data.atomic import atomic_path
 
 
@@ -50,7 +51,12 @@ def write_mp4(
                     stream = container.add_stream("libx264", rate=rate)
                     stream.width, stream.height = frame.shape[1], frame.shape[0]
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(gop or max(1, round(2 * fps)))}
+                    stream.options = {
+                        "crf": str(crf),
+                        "preset": "veryfast",
+                        "g": str(gop or max(1, round(2 * fps))),
+                        "x264-params": "aq-mode=0:mbtree=0:psy=0",
+                    }
                     stream.codec_context.thread_count = 1
                     if rotation:
                         stream.set_display_rotation(rotation)
