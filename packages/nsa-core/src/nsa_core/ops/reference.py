@@ -84,9 +84,11 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: flo
     """
     if k.shape[3] == 0:
         return torch.zeros_like(q), q.new_full(q.shape[:-1], float("-inf"))
-    k = k.expand(q.shape[0], q.shape[1], *k.shape[2:])
-    v = v.expand(q.shape[0], q.shape[1], *v.shape[2:])
-    scores = torch.einsum("bchgd,bchkd->bchgk", q, k) * scale
+    shared = k.shape[1] == 1 and q.shape[1] != 1
+    if shared:
+        scores = torch.einsum("bchgd,bhkd->bchgk", q, k[:, 0]) * scale
+    else:
+        scores = torch.einsum("bchgd,bchkd->bchgk", q, k) * scale
     scores = scores.masked_fill(~valid, float("-inf"))
     row_max = scores.amax(-1, keepdim=True).detach()
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
@@ -94,7 +96,8 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: flo
     denom = p.sum(-1, keepdim=True)
     has_key = denom > 0
     safe_denom = torch.where(has_key, denom, torch.ones_like(denom))
-    o = torch.einsum("bchgk,bchkd->bchgd", p, v) / safe_denom
+    pv = torch.einsum("bchgk,bhkd->bchgd", p, v[:, 0]) if shared else torch.einsum("bchgk,bchkd->bchgd", p, v)
+    o = pv / safe_denom
     lse = torch.where(has_key, row_max + torch.log(safe_denom), torch.full_like(denom, float("-inf")))
     return o, lse.squeeze(-1)
 
@@ -114,12 +117,19 @@ def _chunks(seq_len: int) -> list[tuple[int, int]]:
     return [(start, min(start + QUERY_CHUNK, seq_len)) for start in range(0, seq_len, QUERY_CHUNK)]
 
 
-def _gather_keys(x: Tensor, positions: Tensor) -> Tensor:
-    """Gather ``x [B, T, HKV, D]`` at ``positions [B, C, HKV, K]`` (clamped) -> ``[B, C, HKV, K, D]``."""
-    B, _, HKV, _ = x.shape
-    batch = torch.arange(B, device=x.device).view(B, 1, 1, 1)
-    head = torch.arange(HKV, device=x.device).view(1, 1, HKV, 1)
-    return x[batch, positions.clamp(0, x.shape[1] - 1), head]
+def _as_blocks(x: Tensor, block: int) -> Tensor:
+    """``[B, T, HKV, D] -> [B, NS, HKV, block, D]``, zero-padding a trailing partial block."""
+    B, T, HKV, D = x.shape
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, -T % block))
+    return padded.view(B, -1, block, HKV, D).transpose(2, 3)
+
+
+def _gather_blocks(blocks: Tensor, idx: Tensor) -> Tensor:
+    """Gather ``blocks [B, NS, HKV, s, D]`` at block ids ``idx [B, C, HKV, S]`` -> ``[B, C, HKV, S·s, D]``."""
+    B, _, HKV, _, _ = blocks.shape
+    batch = torch.arange(B, device=idx.device).view(B, 1, 1, 1)
+    head = torch.arange(HKV, device=idx.device).view(1, 1, HKV, 1)
+    return blocks[batch, idx.clamp(min=0), head].flatten(3, 4)
 
 
 def compression_attention(
@@ -238,6 +248,13 @@ def select_blocks(scores: Tensor, config: NSAConfig) -> Tensor:
     return top.to(torch.int32)
 
 
+def _compact_slots(idx: Tensor) -> Tensor:
+    """Move empty slots (-1) last and drop the columns that are empty in every row of the chunk."""
+    used = int((idx >= 0).sum(-1).max()) if idx.numel() else 0
+    empty_last = idx.masked_fill(idx < 0, torch.iinfo(idx.dtype).max).sort(-1).values[..., : max(used, 1)]
+    return empty_last.masked_fill(empty_last == torch.iinfo(idx.dtype).max, -1)
+
+
 def selection_attention(
     q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, config: NSAConfig, scale: float | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -257,15 +274,16 @@ def selection_attention(
     scale = config.softmax_scale(q.shape[-1]) if scale is None else scale
     T, HKV, s = q.shape[1], k.shape[2], config.select_block
     qg = _grouped(q, HKV)
+    k_blocks, v_blocks = _as_blocks(k, s), _as_blocks(v, s)  # [B, NS, HKV, s, D]
     offsets = torch.arange(s, device=q.device)
     outs, lses = [], []
     for start, end in _chunks(T):
-        idx = block_indices[:, start:end].long()  # [B, C, HKV, S]
-        positions = (idx[..., None] * s + offsets).flatten(-2)  # [B, C, HKV, S·s]
+        idx = _compact_slots(block_indices[:, start:end].long())  # [B, C, HKV, S' <= S]
+        positions = (idx[..., None] * s + offsets).flatten(-2)  # [B, C, HKV, S'·s]
         t = torch.arange(start, end, device=q.device).view(1, end - start, 1, 1)
         valid = (idx[..., None] >= 0).expand(*idx.shape, s).flatten(-2) & (positions <= t)
         o, lse = _masked_attention(
-            qg[:, start:end], _gather_keys(k, positions), _gather_keys(v, positions), valid.unsqueeze(3), scale
+            qg[:, start:end], _gather_blocks(k_blocks, idx), _gather_blocks(v_blocks, idx), valid.unsqueeze(3), scale
         )
         outs.append(o)
         lses.append(lse)
@@ -288,16 +306,17 @@ def window_attention(
         ``(o [B, T, HQ, D], lse [B, T, HQ])``.
     """
     scale = config.softmax_scale(q.shape[-1]) if scale is None else scale
-    T, HKV = q.shape[1], k.shape[2]
-    width = min(config.window, T)
+    T, HKV, w = q.shape[1], k.shape[2], config.window
     qg = _grouped(q, HKV)
     outs, lses = [], []
     for start, end in _chunks(T):
-        t = torch.arange(start, end, device=q.device)
-        positions = (t[:, None] - width + 1 + torch.arange(width, device=q.device)).view(1, end - start, 1, width)
-        positions = positions.expand(q.shape[0], -1, HKV, -1)
-        valid = (positions >= 0).unsqueeze(3)
-        o, lse = _masked_attention(qg[:, start:end], _gather_keys(k, positions), _gather_keys(v, positions), valid, scale)
+        first = max(0, start - w + 1)
+        t = torch.arange(start, end, device=q.device)[:, None]
+        pos = torch.arange(first, end, device=q.device)[None, :]
+        valid = ((pos <= t) & (pos > t - w)).view(1, end - start, 1, 1, end - first)
+        band_k = k[:, first:end].transpose(1, 2).unsqueeze(1)  # [B, 1, HKV, K, D]
+        band_v = v[:, first:end].transpose(1, 2).unsqueeze(1)
+        o, lse = _masked_attention(qg[:, start:end], band_k, band_v, valid, scale)
         outs.append(o)
         lses.append(lse)
     return _ungrouped(torch.cat(outs, 1)), _ungrouped(torch.cat(lses, 1))
