@@ -13,7 +13,7 @@ from nsa_core.models.qwen2_5_vl.convert import (
     set_attention_mode,
     update_nsa_settings,
 )
-from nsa_core.models.qwen2_5_vl.modeling import VideoNSAForConditionalGeneration, load_nsa_model
+from nsa_core.models.qwen2_5_vl.loading import load_nsa_model
 from nsa_core.models.qwen2_5_vl.settings import ATTN_IMPLEMENTATION, CONFIG_KEY, VideoNSASettings
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "CACHE_ROUTING_ATTR",
     "CONFIG_KEY",
     "NSAForwardContext",
-    "VideoNSAForConditionalGeneration",
     "VideoNSASettings",
     "convert_to_nsa",
     "get_nsa_settings",
