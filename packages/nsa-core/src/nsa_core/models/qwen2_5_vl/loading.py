@@ -47,7 +47,7 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _load_gates(model: Qwen2_5_VLForConditionalGeneration, path: Path) -> int:
-    """Copy every ``layers.<i>.self_attn.nsa_gate.<param>`` tensor of the checkpoint into the model; returns the count."""
+    """Copy each ``layers.<i>.self_attn.nsa_gate.<param>`` checkpoint tensor into the model; returns the count."""
     layers = model.model.language_model.layers
     loaded = 0
     for file in _safetensors_files(path):
