@@ -1,0 +1,523 @@
+"""Branch attention kernels (compression, selection, sliding window), forward and backward.
+
+One kernel family serves the three branches. A program owns a tile of consecutive query tokens of one
+sequence and one KV head; its MMA rows are ``TT = BM // G`` tokens × the ``G`` query heads of that KV
+head (``r = token · G + head``), so G = 7 uses 63 of 64 rows and nothing is padded in memory or copied
+per query head. The branch (``MODE``) only decides which keys a tile visits and which it may see:
+
+- ``CMP``: mean-pooled keys ``i`` with ``i·CS + CL - 1 <= t`` (block-causal);
+- ``SLC``: the tokens of the union of the tile's selected blocks, each row masked to its own blocks
+  and to ``key <= t``;
+- ``SWD``: keys ``[t - W + 1, t]``.
+
+dK/dV run one program per key tile (a selection block for ``SLC``) over the query rows that see it:
+a contiguous token range for ``SWD`` and ``CMP`` (the latter split into ``NSPLIT`` partial sums, reduced
+in order), or the block's CSR list of tokens for ``SLC``. Everything is written with plain stores;
+branches that add into one buffer run one after another, so results are deterministic.
+
+Shape legend:
+    N packed tokens (B·T, or the total of ``cu_seqlens``), NK keys of the branch (N, or NC compressed
+    keys), HQ query heads, HKV KV heads, G = HQ / HKV, D head dim (BD its power-of-two tile),
+    S selected blocks per query (NSP its power of two), BS selection block (SB here), W window,
+    NT query tiles, BM rows per tile, BN keys per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CMP, SLC, SWD = 0, 1, 2
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _load_rows(x, t, head, d, row_ok, HQ: tl.constexpr, D: tl.constexpr):
+    # [BM, BD] rows (token t, query head) of a [N, HQ, D] tensor
+    ptrs = x + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    return tl.load(ptrs, mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _load_keys(x, pos, d, ok, h, HKV: tl.constexpr, D: tl.constexpr):
+    # [BN, BD] keys at global positions pos of a [NK, HKV, D] tensor
+    ptrs = x + pos.to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
+    return tl.load(ptrs, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def branch_fwd_kernel_step(q, kt, vt, mask, m_i, l_i, acc, scale2):
+    # one online-softmax step over [BN] keys, in the base-2 logit domain
+    s = tl.dot(q, tl.trans(kt)) * scale2
+    s = tl.where(mask, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def branch_fwd_kernel_attn(
+    q,  # [N, HQ, D]
+    k,  # [NK, HKV, D]
+    v,  # [NK, HKV, D]
+    o,  # [N, HQ, D]
+    lse,  # [N, HQ] fp32, natural log
+    cu_seqlens,  # [NSEQ + 1] token offsets
+    cu_keys,  # [NSEQ + 1] key offsets (compressed keys for CMP)
+    tile_seq,  # [NT]
+    tile_start,  # [NT] first global token of the tile
+    union_off,  # SLC: [NT · HKV + 1] CSR offsets of the tile's block union
+    union_blk,  # SLC: block ids, relative to the sequence
+    blk_idx,  # SLC: [N, HKV, S] selected blocks, -1 empty
+    scale2,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    MODE: tl.constexpr,
+    CL: tl.constexpr,
+    CS: tl.constexpr,
+    SB: tl.constexpr,
+    S: tl.constexpr,
+    NSP: tl.constexpr,
+    W: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    TT: tl.constexpr = BM // G
+    seq = tl.load(tile_seq + pid)
+    t0 = tl.load(tile_start + pid)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    kbos = tl.load(cu_keys + seq)
+    r = tl.arange(0, BM)
+    tok = r // G
+    head = h * G + r % G
+    t = t0 + tok
+    row_ok = (tok < TT) & (t < eos)
+    t_rel = t - bos
+    t_first = t0 - bos
+    t_last = tl.minimum(t0 + TT, eos) - 1 - bos
+    d = tl.arange(0, BD)
+    cols = tl.arange(0, BN)
+
+    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+
+    if MODE == 0:
+        nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
+        for start in range(0, nk, BN):
+            i = start + cols
+            ok = i < nk
+            kt = _load_keys(k, kbos + i, d, ok, h, HKV, D)
+            vt = _load_keys(v, kbos + i, d, ok, h, HKV, D)
+            mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
+            m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
+    elif MODE == 1:
+        sel_cols = tl.arange(0, NSP)
+        sel = tl.load(
+            blk_idx + t.to(tl.int64)[:, None] * (HKV * S) + h * S + sel_cols[None, :],
+            mask=row_ok[:, None] & (sel_cols[None, :] < S),
+            other=-1,
+        )
+        u_lo = tl.load(union_off + pid * HKV + h)
+        u_hi = tl.load(union_off + pid * HKV + h + 1)
+        for u in range(u_lo, u_hi):
+            j = tl.load(union_blk + u)
+            member = tl.sum((sel == j).to(tl.int32), 1) > 0
+            for sub in range(0, SB, BN):
+                pos = j * SB + sub + cols
+                ok = (sub + cols < SB) & (pos <= t_last)
+                kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
+                vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
+                mask = (row_ok & member)[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None])
+                m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
+    else:
+        lo = tl.maximum(t_first - W + 1, 0)
+        for start in range(lo, t_last + 1, BN):
+            pos = start + cols
+            ok = pos <= t_last
+            kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
+            vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
+            mask = (
+                row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
+            )
+            m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
+
+    has_key = l_i > 0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse_row = tl.where(has_key, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
+    o_ptrs = o + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    tl.store(o_ptrs, out.to(o.dtype.element_ty), mask=row_ok[:, None] & (d[None, :] < D))
+    tl.store(lse + t.to(tl.int64) * HQ + head, lse_row, mask=row_ok)
+
+
+@triton.jit
+def branch_bwd_kernel_dq_step(q, do, kt, vt, mask, lse2, delta, dq, scale2):
+    s = tl.dot(q, tl.trans(kt)) * scale2
+    p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(vt))
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(kt.dtype), kt)
+
+
+@triton.jit
+def _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr):
+    # gated dO rows, base-2 LSE (+inf for rows without keys, so p = 0) and delta of one branch
+    g = tl.load(gates + t.to(tl.int64) * (HQ * 3) + head * 3 + C, mask=row_ok, other=0.0).to(tl.float32)
+    dot = _load_rows(do, t, head, d, row_ok, HQ, D).to(tl.float32) * g[:, None]
+    lse_row = tl.load(lse + t.to(tl.int64) * HQ + head, mask=row_ok, other=float("-inf"))
+    lse2 = tl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
+    delta_row = tl.load(delta + t.to(tl.int64) * HQ + head, mask=row_ok, other=0.0)
+    return dot.to(do.dtype.element_ty), lse2, delta_row
+
+
+@triton.jit
+def branch_bwd_kernel_dq(
+    q,  # [N, HQ, D]
+    k,  # [NK, HKV, D]
+    v,  # [NK, HKV, D]
+    do,  # [N, HQ, D] gradient of the gated sum
+    gates,  # [N, HQ, 3]
+    lse,  # [N, HQ] fp32 of this branch
+    delta,  # [N, HQ] fp32: gate · rowsum(dO · o_branch)
+    dq,  # [N, HQ, D] fp32, stored or accumulated
+    cu_seqlens,
+    cu_keys,
+    tile_seq,
+    tile_start,
+    union_off,
+    union_blk,
+    blk_idx,
+    scale,
+    scale2,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    MODE: tl.constexpr,
+    C: tl.constexpr,
+    CL: tl.constexpr,
+    CS: tl.constexpr,
+    SB: tl.constexpr,
+    S: tl.constexpr,
+    NSP: tl.constexpr,
+    W: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    TT: tl.constexpr = BM // G
+    seq = tl.load(tile_seq + pid)
+    t0 = tl.load(tile_start + pid)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    kbos = tl.load(cu_keys + seq)
+    r = tl.arange(0, BM)
+    tok = r // G
+    head = h * G + r % G
+    t = t0 + tok
+    row_ok = (tok < TT) & (t < eos)
+    t_rel = t - bos
+    t_first = t0 - bos
+    t_last = tl.minimum(t0 + TT, eos) - 1 - bos
+    d = tl.arange(0, BD)
+    cols = tl.arange(0, BN)
+
+    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+    dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+    acc = tl.zeros([BM, BD], tl.float32)
+
+    if MODE == 0:
+        nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
+        for start in range(0, nk, BN):
+            i = start + cols
+            ok = i < nk
+            kt = _load_keys(k, kbos + i, d, ok, h, HKV, D)
+            vt = _load_keys(v, kbos + i, d, ok, h, HKV, D)
+            mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
+            acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+    elif MODE == 1:
+        sel_cols = tl.arange(0, NSP)
+        sel = tl.load(
+            blk_idx + t.to(tl.int64)[:, None] * (HKV * S) + h * S + sel_cols[None, :],
+            mask=row_ok[:, None] & (sel_cols[None, :] < S),
+            other=-1,
+        )
+        u_lo = tl.load(union_off + pid * HKV + h)
+        u_hi = tl.load(union_off + pid * HKV + h + 1)
+        for u in range(u_lo, u_hi):
+            j = tl.load(union_blk + u)
+            member = tl.sum((sel == j).to(tl.int32), 1) > 0
+            for sub in range(0, SB, BN):
+                pos = j * SB + sub + cols
+                ok = (sub + cols < SB) & (pos <= t_last)
+                kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
+                vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
+                mask = (row_ok & member)[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None])
+                acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+    else:
+        lo = tl.maximum(t_first - W + 1, 0)
+        for start in range(lo, t_last + 1, BN):
+            pos = start + cols
+            ok = pos <= t_last
+            kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
+            vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
+            mask = (
+                row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
+            )
+            acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+
+    acc = acc * scale
+    dq_ptrs = dq + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    io_mask = row_ok[:, None] & (d[None, :] < D)
+    if ACCUMULATE:
+        acc += tl.load(dq_ptrs, mask=io_mask, other=0.0)
+    tl.store(dq_ptrs, acc, mask=io_mask)
+
+
+@triton.jit
+def branch_bwd_kernel_dkv(
+    q,  # [N, HQ, D]
+    k,  # [NK, HKV, D]
+    v,  # [NK, HKV, D]
+    do,  # [N, HQ, D]
+    gates,  # [N, HQ, 3]
+    lse,  # [N, HQ]
+    delta,  # [N, HQ]
+    dk,  # [NSPLIT, NK, HKV, D] fp32 (NSPLIT = 1 except CMP)
+    dv,  # [NSPLIT, NK, HKV, D] fp32
+    cu_seqlens,
+    cu_keys,
+    ktile_seq,  # [NKT] sequence of each key tile (each selection block for SLC)
+    ktile_start,  # [NKT] first key of the tile, relative to the sequence's keys
+    csr_off,  # SLC: [HKV · NKT + 1] offsets into csr_tok
+    csr_tok,  # SLC: global tokens that selected each block, ascending
+    nk_total,  # NK
+    scale,
+    scale2,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    MODE: tl.constexpr,
+    C: tl.constexpr,
+    CL: tl.constexpr,
+    CS: tl.constexpr,
+    SB: tl.constexpr,
+    W: tl.constexpr,
+    NSPLIT: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    TT: tl.constexpr = BM // G
+    seq = tl.load(ktile_seq + pid)
+    k0 = tl.load(ktile_start + pid)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    kbos = tl.load(cu_keys + seq)
+    nks = tl.load(cu_keys + seq + 1) - kbos
+    r = tl.arange(0, BM)
+    tok = r // G
+    head = h * G + r % G
+    d = tl.arange(0, BD)
+    kpos = k0 + tl.arange(0, BN)
+    k_ok = (tl.arange(0, BN) < SB) & (kpos < nks) if MODE == 1 else kpos < nks
+    kt = _load_keys(k, kbos + kpos, d, k_ok, h, HKV, D)
+    vt = _load_keys(v, kbos + kpos, d, k_ok, h, HKV, D)
+    dk_acc = tl.zeros([BN, BD], tl.float32)
+    dv_acc = tl.zeros([BN, BD], tl.float32)
+
+    if MODE == 1:
+        lo = tl.load(csr_off + h * tl.num_programs(0) + pid)
+        hi = tl.load(csr_off + h * tl.num_programs(0) + pid + 1)
+    elif MODE == 0:
+        first = k0 * CS + CL - 1
+        span = tl.cdiv(tl.cdiv(tl.maximum(eos - bos - first, 0), NSPLIT), TT) * TT
+        lo = first + split * span
+        hi = tl.minimum(lo + span, eos - bos)
+    else:
+        lo = k0
+        hi = tl.minimum(k0 + BN - 1 + W, eos - bos)
+
+    for base in range(lo, hi, TT):
+        row_ok = (tok < TT) & (base + tok < hi)
+        t = tl.load(csr_tok + base + tok, mask=row_ok, other=0) if MODE == 1 else bos + base + tok
+        t_rel = t - bos
+        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+        if MODE == 0:
+            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] * CS + CL - 1 <= t_rel[:, None])
+        elif MODE == 1:
+            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= t_rel[:, None])
+        else:
+            mask = (
+                row_ok[:, None]
+                & k_ok[None, :]
+                & (kpos[None, :] <= t_rel[:, None])
+                & (kpos[None, :] > t_rel[:, None] - W)
+            )
+        s = tl.dot(qt, tl.trans(kt)) * scale2
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
+        dp = tl.dot(dot, tl.trans(vt))
+        ds = p * (dp - delta_row[:, None])
+        dk_acc += tl.dot(tl.trans(ds.to(qt.dtype)), qt)
+
+    dk_acc = dk_acc * scale
+    row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)
+    offs = row[:, None] * (HKV * D) + h * D + d[None, :]
+    io_mask = k_ok[:, None] & (d[None, :] < D)
+    if ACCUMULATE:
+        dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
+        dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
+    tl.store(dk + offs, dk_acc, mask=io_mask)
+    tl.store(dv + offs, dv_acc, mask=io_mask)
+
+
+def _blocks(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
+    BM = max(block_m, triton.next_power_of_2(G), 16)
+    BD = max(triton.next_power_of_2(D), 16)
+    BN_slc = min(max(triton.next_power_of_2(select_block), 16), 64)
+    return BM, BD, BN_slc
+
+
+def branch_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mode: int,
+    plan: dict,
+    scale: float,
+    geometry: dict,
+    block_m: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
+
+    ``plan`` holds the varlen tables of :mod:`nsa_kernels.index` (tile table for ``block_m``, key
+    offsets, and for ``SLC`` the block indices and their per-tile union).
+    """
+    N, HQ, D = q.shape
+    HKV = k.shape[1]
+    G = HQ // HKV
+    BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
+    o = torch.empty_like(q)
+    lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
+    tile_seq, tile_start = plan["tiles"]
+    if tile_seq.numel() == 0:
+        return o, lse
+    dummy = plan["cu_seqlens"]
+    union_off, union_blk, blk_idx = plan.get("union", (dummy, dummy, dummy)) if mode == SLC else (dummy,) * 3
+    S = blk_idx.shape[-1] if mode == SLC else 1
+    branch_fwd_kernel_attn[(tile_seq.numel(), HKV)](
+        q, k, v, o, lse,
+        plan["cu_seqlens"], plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"],
+        tile_seq, tile_start, union_off, union_blk, blk_idx,
+        scale * LOG2E,
+        HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, BN=BN_slc if mode == SLC else 64, MODE=mode,
+        CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
+        S=S, NSP=max(triton.next_power_of_2(S), 2), W=geometry["window"],
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return o, lse
+
+
+def branch_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    gates: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    dq: torch.Tensor,
+    *,
+    mode: int,
+    plan: dict,
+    scale: float,
+    geometry: dict,
+    accumulate_dq: bool,
+    dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_m: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
+
+    For ``SLC`` and ``SWD`` the dK/dV go into ``dkv`` (fp32 ``[1, N, HKV, D]`` pair; stored when
+    ``dkv`` is ``None``, accumulated otherwise). For ``CMP`` they are the gradients of the compressed
+    keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges.
+    """
+    _N, HQ, D = q.shape
+    NK, HKV = k.shape[0], k.shape[1]
+    G = HQ // HKV
+    BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
+    C = {CMP: 0, SLC: 1, SWD: 2}[mode]
+    cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
+    dummy = plan["cu_seqlens"]
+    union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (dummy,) * 3
+    S = blk_idx.shape[-1] if mode == SLC else 1
+    common = dict(
+        HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, MODE=mode, C=C,
+        CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
+        W=geometry["window"], num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    tile_seq, tile_start = plan["tiles"]
+    if tile_seq.numel():
+        branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](
+            q, k, v, do, gates, lse, delta, dq,
+            plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
+            scale, scale * LOG2E,
+            BN=BN_slc if mode == SLC else 64, S=S, NSP=max(triton.next_power_of_2(S), 2),
+            ACCUMULATE=accumulate_dq, **common,
+        )  # fmt: skip
+    if mode == SLC:
+        ktile_seq, ktile_start = plan["slc_blocks"]
+        csr_off, csr_tok = plan["csr"]
+        BN, nsplit = max(triton.next_power_of_2(geometry["select_block"]), 16), 1
+    elif mode == SWD:
+        ktile_seq, ktile_start = plan["key_tiles"]
+        csr_off = csr_tok = dummy
+        BN, nsplit = 64, 1
+    else:
+        ktile_seq, ktile_start = plan["cmp_tiles"]
+        csr_off = csr_tok = dummy
+        BN = 64
+        nsplit = plan["cmp_splits"]
+    accumulate = dkv is not None and mode != CMP
+    if mode == CMP or dkv is None:
+        shape = (nsplit, NK, HKV, D)
+        dkv = (torch.empty(shape, device=q.device, dtype=torch.float32),) * 2
+        dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
+    if ktile_seq.numel():
+        branch_bwd_kernel_dkv[(ktile_seq.numel(), HKV, nsplit)](
+            q, k, v, do, gates, lse, delta, dkv[0], dkv[1],
+            plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
+            scale, scale * LOG2E,
+            BN=BN, NSPLIT=nsplit, ACCUMULATE=accumulate, **common,
+        )  # fmt: skip
+    if mode == CMP:
+        return dkv[0].sum(0), dkv[1].sum(0)
+    return dkv

@@ -1,0 +1,410 @@
+"""Native sparse attention on Triton: launch order of the branches, autograd, custom ops, public function.
+
+Forward: mean-pool K/V → compression attention (emits its LSE) → importance and exact top-n (unless
+``block_indices`` are given) → selection attention over the tile unions → window attention → gated
+combine. Backward: gate gradients and per-branch deltas → dQ of every branch into one fp32 buffer →
+dK/dV of selection (CSR reverse index), window (banded) and compression (split over token ranges, then
+spread back through the mean pool), all with plain stores in a fixed order: deterministic, no float
+atomics. Extra memory beyond inputs, outputs and the three branch outputs: the int32 indices and their
+CSR / union tables, O(N·HKV·S), plus fp32 dQ/dK/dV accumulators and the compressed-key partial sums.
+
+Shape legend:
+    B batch, T tokens, N = B·T packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim,
+    S selected blocks per query (``n``), NS selection blocks, BS selection block, W window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nsa_kernels.attention import CMP, SLC, SWD, branch_bwd, branch_fwd
+from nsa_kernels.combine import combine_bwd, combine_fwd
+from nsa_kernels.index import block_table, compressed_offsets, reverse_index, tile_table, tile_union
+from nsa_kernels.pool import pool_bwd, pool_fwd
+from nsa_kernels.topk import select_fwd
+
+BRANCHES = ("cmp", "slc", "swd")
+GEOMETRY_KEYS = (
+    "compress_block", "compress_stride", "select_block", "num_selected", "forced_initial", "forced_local", "window",
+)  # fmt: skip
+TUNING = {
+    "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "slc": {"block_m": 16, "num_warps": 4, "num_stages": 2},
+    "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "topk": {"block_m": 64, "num_warps": 4},
+}
+"""Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them."""
+
+
+def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int) -> dict:
+    G = HQ // HKV
+    TT = max(block_m, 1 << (G - 1).bit_length(), 16) // G
+    lens = (cu[1:] - cu[:-1]).long()
+    SB = geometry["select_block"]
+    cu_keys_cmp = compressed_offsets(cu, geometry["compress_block"], geometry["compress_stride"])
+    cmp_tiles = block_table(cu_keys_cmp, 64)[:2]
+    longest = int(lens.max()) if lens.numel() else 0
+    busy = max(cmp_tiles[0].numel() * HKV, 1)
+    return {
+        "cu_seqlens": cu,
+        "tokens_per_tile": TT,
+        "tiles": tile_table(cu, TT),
+        "cu_keys_cmp": cu_keys_cmp,
+        "cmp_tiles": cmp_tiles,
+        "cmp_splits": max(1, min(64, math.ceil(512 / busy), math.ceil(longest / 512))),
+        "key_tiles": block_table(cu, 64)[:2],
+        "slc_blocks": block_table(cu, SB)[:2],
+        "max_blocks": math.ceil(longest / SB),
+    }
+
+
+def _with_selection(plan: dict, block_indices: Tensor, geometry: dict, need_csr: bool) -> dict:
+    tile_seq, tile_start = plan["tiles"]
+    off, blocks = tile_union(block_indices, tile_start, plan["cu_seqlens"], tile_seq, plan["tokens_per_tile"])
+    plan = {**plan, "union": (off, blocks, block_indices)}
+    if need_csr:
+        plan["csr"] = reverse_index(block_indices, plan["cu_seqlens"], geometry["select_block"])
+    return plan
+
+
+def _flatten(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, cu_seqlens: Tensor | None):
+    B, T, _HQ, _D = q.shape
+    if cu_seqlens is None:
+        cu = torch.arange(0, (B + 1) * T, T, device=q.device, dtype=torch.int32)
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    flat = (x.reshape(B * T, *x.shape[2:]).contiguous() for x in (q, k, v, gates))
+    return (*flat, cu)
+
+
+def nsa_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    cu_seqlens: Tensor | None,
+    block_indices: Tensor | None,
+    geometry: dict,
+    branches: tuple[str, ...],
+    scale: float,
+    return_scores: bool,
+) -> dict:
+    """Forward of all enabled branches on ``[B, T, H, D]`` inputs; returns the packed outputs by name."""
+    B, T, HQ, _D = q.shape
+    HKV = k.shape[2]
+    q, k, v, gates, cu = _flatten(q, k, v, gates, cu_seqlens)
+    out: dict = {"outputs": {}, "lse": {}}
+    need_cmp = "cmp" in branches or ("slc" in branches and block_indices is None)
+    if need_cmp:
+        plan = _plan(cu, HQ, HKV, geometry, TUNING["cmp"]["block_m"])
+        k_cmp, v_cmp = pool_fwd(
+            k,
+            v,
+            cu,
+            plan["cu_keys_cmp"],
+            compress_block=geometry["compress_block"],
+            compress_stride=geometry["compress_stride"],
+        )
+        o_cmp, lse_cmp = branch_fwd(
+            q, k_cmp, v_cmp, mode=CMP, plan=plan, scale=scale, geometry=geometry, **TUNING["cmp"]
+        )
+        if "cmp" in branches:
+            out["outputs"]["cmp"], out["lse"]["cmp"] = o_cmp, lse_cmp
+    if "slc" in branches:
+        if block_indices is None:
+            plan = _plan(cu, HQ, HKV, geometry, TUNING["topk"]["block_m"])
+            block_indices, out["scores"] = select_fwd(
+                q,
+                k_cmp,
+                lse_cmp,
+                plan=plan,
+                scale=scale,
+                geometry=geometry,
+                return_scores=return_scores,
+                **TUNING["topk"],
+            )
+        else:
+            block_indices = block_indices.reshape(B * T, HKV, -1).to(torch.int32).contiguous()
+        out["block_indices"] = block_indices
+        plan = _with_selection(_plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, False)
+        out["outputs"]["slc"], out["lse"]["slc"] = branch_fwd(
+            q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
+        )
+    if "swd" in branches:
+        plan = _plan(cu, HQ, HKV, geometry, TUNING["swd"]["block_m"])
+        out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
+            q, k, v, mode=SWD, plan=plan, scale=scale, geometry=geometry, **TUNING["swd"]
+        )
+    out["o"] = combine_fwd(out["outputs"], gates)
+    return out
+
+
+def nsa_bwd(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    cu_seqlens: Tensor | None,
+    outputs: dict,
+    lse: dict,
+    block_indices: Tensor | None,
+    geometry: dict,
+    branches: tuple[str, ...],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype."""
+    shape_q, shape_k, shape_g = q.shape, k.shape, gates.shape
+    HQ, HKV = q.shape[2], k.shape[2]
+    q, k, v, gates, cu = _flatten(q, k, v, gates, cu_seqlens)
+    do = do.reshape(q.shape).contiguous()
+    dgates, delta = combine_bwd(do, outputs, gates)
+    dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    dkv = None
+    accumulate = False
+    common = dict(scale=scale, geometry=geometry)
+    if "slc" in branches:
+        plan = _with_selection(_plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, True)
+        dkv = branch_bwd(
+            q,
+            k,
+            v,
+            do,
+            gates,
+            lse["slc"],
+            delta[1],
+            dq,
+            mode=SLC,
+            plan=plan,
+            accumulate_dq=False,
+            dkv=None,
+            **common,
+            **TUNING["slc"],
+        )
+        accumulate = True
+    if "swd" in branches:
+        plan = _plan(cu, HQ, HKV, geometry, TUNING["swd"]["block_m"])
+        dkv = branch_bwd(
+            q,
+            k,
+            v,
+            do,
+            gates,
+            lse["swd"],
+            delta[2],
+            dq,
+            mode=SWD,
+            plan=plan,
+            accumulate_dq=accumulate,
+            dkv=dkv,
+            **common,
+            **TUNING["swd"],
+        )
+        accumulate = True
+    if dkv is not None:
+        dkv = (dkv[0][0], dkv[1][0])
+    if "cmp" in branches:
+        plan = _plan(cu, HQ, HKV, geometry, TUNING["cmp"]["block_m"])
+        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
+        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], **pool)
+        dk_cmp, dv_cmp = branch_bwd(
+            q,
+            k_cmp,
+            v_cmp,
+            do,
+            gates,
+            lse["cmp"],
+            delta[0],
+            dq,
+            mode=CMP,
+            plan=plan,
+            accumulate_dq=accumulate,
+            **common,
+            **TUNING["cmp"],
+        )
+        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], **pool)
+    dtype = q.dtype
+    return (
+        dq.to(dtype).reshape(shape_q),
+        dkv[0].to(dtype).reshape(shape_k),
+        dkv[1].to(dtype).reshape(shape_k),
+        dgates.reshape(shape_g),
+    )
+
+
+def _geometry(values: list[int]) -> dict:
+    return dict(zip(GEOMETRY_KEYS, values, strict=True))
+
+
+def _branches(flags: list[bool]) -> tuple[str, ...]:
+    return tuple(b for b, on in zip(BRANCHES, flags, strict=True) if on)
+
+
+_FWD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor gates, Tensor? cu_seqlens, Tensor? block_indices, int[] geometry, "
+    "bool[] branches, float scale, bool return_scores) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor gates, Tensor? cu_seqlens, Tensor o_cmp, Tensor o_slc, "
+    "Tensor o_swd, Tensor lse, Tensor block_indices, int[] geometry, bool[] branches, float scale) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("nsa_kernels::nsa_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def _nsa_fwd_op(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, return_scores):
+    res = nsa_fwd(
+        q, k, v, gates, cu_seqlens, block_indices, _geometry(geometry), _branches(branches), scale, return_scores
+    )
+    empty = q.new_empty(0)
+    N, HQ = q.shape[0] * q.shape[1], q.shape[2]
+    lse = torch.zeros(3, N, HQ, device=q.device, dtype=torch.float32)
+    for c, name in enumerate(BRANCHES):
+        if name in res["lse"]:
+            lse[c] = res["lse"][name]
+    computed = res.get("block_indices") if block_indices is None else None
+    scores = res.get("scores")
+    if scores is not None:
+        scores = torch.nn.functional.pad(scores, (0, math.ceil(N / geometry[2]) - scores.shape[-1]))
+    return (
+        res["o"].reshape(q.shape),
+        *(res["outputs"].get(name, empty) for name in BRANCHES),
+        lse,
+        computed if computed is not None else q.new_empty(0, dtype=torch.int32),
+        scores if scores is not None else q.new_empty(0, dtype=torch.float32),
+    )
+
+
+@_nsa_fwd_op.register_fake
+def _(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, return_scores):
+    N, HQ, HKV = q.shape[0] * q.shape[1], q.shape[2], k.shape[2]
+    flat = q.new_empty(N, HQ, q.shape[3])
+    slc_computed = branches[1] and block_indices is None
+    return (
+        torch.empty_like(q),
+        *(flat.clone() if on else q.new_empty(0) for on in branches),
+        q.new_empty(3, N, HQ, dtype=torch.float32),
+        q.new_empty((N, HKV, geometry[3]) if slc_computed else (0,), dtype=torch.int32),
+        q.new_empty(
+            (N, HKV, math.ceil(N / geometry[2])) if slc_computed and return_scores else (0,), dtype=torch.float32
+        ),
+    )
+
+
+@torch.library.custom_op("nsa_kernels::nsa_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def _nsa_bwd_op(do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, geometry, branches, scale):
+    names = _branches(branches)
+    outputs = {n: o for n, o in zip(BRANCHES, (o_cmp, o_slc, o_swd), strict=True) if n in names}
+    lses = {n: lse[c] for c, n in enumerate(BRANCHES) if n in names}
+    bi = block_indices.reshape(q.shape[0] * q.shape[1], k.shape[2], -1).to(torch.int32).contiguous()
+    return nsa_bwd(do, q, k, v, gates, cu_seqlens, outputs, lses, bi, _geometry(geometry), names, scale)
+
+
+@_nsa_bwd_op.register_fake
+def _(do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, geometry, branches, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gates)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, _ = inputs
+    _, o_cmp, o_slc, o_swd, lse, computed, _ = output
+    selected = computed if block_indices is None else block_indices
+    if selected is None:
+        selected = q.new_empty(0, dtype=torch.int32)
+    ctx.save_for_backward(q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected)
+    ctx.geometry, ctx.branches, ctx.scale = geometry, branches, scale
+
+
+def _backward(ctx, do, *unused):
+    q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected = ctx.saved_tensors
+    dq, dk, dv, dg = torch.ops.nsa_kernels.nsa_bwd(
+        do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, ctx.geometry, ctx.branches, ctx.scale
+    )
+    return dq, dk, dv, dg, None, None, None, None, None, None
+
+
+_nsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def nsa_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    *,
+    compress_block: int = 64,
+    compress_stride: int = 64,
+    select_block: int = 64,
+    num_selected: int = 32,
+    forced_initial: int = 1,
+    forced_local: int = 2,
+    window: int = 256,
+    branches: tuple[str, ...] = BRANCHES,
+    scale: float | None = None,
+    cu_seqlens: Tensor | None = None,
+    block_indices: Tensor | None = None,
+    return_aux: bool = False,
+) -> Tensor | tuple[Tensor, dict]:
+    """Native sparse attention (clean mode, causal) with Triton kernels, forward and backward.
+
+    ``o = Σ_c gates[..., c] · o_c`` over the enabled branches: ``cmp`` (attention over mean-pooled
+    blocks ``[i·d, i·d + l)`` complete at the query), ``slc`` (attention over the tokens ``<= t`` of the
+    exact top-n selection blocks, importance from the compression probabilities summed over the G heads
+    of a KV head, first ``forced_initial`` and last ``forced_local`` blocks forced) and ``swd`` (the
+    ``window`` keys ending at the query). Query head ``h`` reads KV head ``h // G``, for any G.
+
+    Args:
+        q: queries ``[B, T, HQ, D]``, bf16 or fp16 (fp32 accumulation inside).
+        k: keys ``[B, T, HKV, D]``, ``HQ`` a multiple of ``HKV``.
+        v: values ``[B, T, HKV, D]``.
+        gates: ``[B, T, HQ, 3]`` branch gates in the order (cmp, slc, swd).
+        compress_block: ``l``, tokens per compressed block.
+        compress_stride: ``d <= l``.
+        select_block: ``s``, tokens per selection block (at most 128).
+        num_selected: ``n``, exact (never rounded to a power of two).
+        forced_initial: leading blocks always selected.
+        forced_local: most recent blocks (own block first) always selected.
+        window: ``w``.
+        branches: enabled branches, a subset of ``("cmp", "slc", "swd")``.
+        scale: softmax scale, ``None`` for ``1/sqrt(D)``.
+        cu_seqlens: int ``[NSEQ + 1]`` packed-sequence offsets (``B == 1``); block ids restart per sequence.
+        block_indices: int ``[B, T, HKV, S]`` selection blocks to use instead of the computed top-n (-1 empty).
+        return_aux: also return a dict with ``outputs``/``lse`` per branch, ``block_indices`` and
+            ``block_scores`` (``[B, T, HKV, ceil(B·T / s)]``, zero-padded); gradients flow through ``o`` only.
+
+    Returns:
+        ``o [B, T, HQ, D]``, or ``(o, aux)``.
+    """
+    B, T, HQ, D = q.shape
+    HKV = k.shape[2]
+    if HQ % HKV:
+        raise ValueError(f"q has {HQ} heads, not a multiple of the {HKV} KV heads of k")
+    if select_block > 128:
+        raise ValueError(f"select_block={select_block} is above the supported 128")
+    if D > 256:
+        raise ValueError(f"head dim D={D} is above the supported 256")
+    if unknown := set(branches) - set(BRANCHES):
+        raise ValueError(f"branches has unknown names {sorted(unknown)}; use a subset of {BRANCHES}")
+    geometry = [compress_block, compress_stride, select_block, num_selected, forced_initial, forced_local, window]
+    flags = [name in branches for name in BRANCHES]
+    scale = D**-0.5 if scale is None else float(scale)
+    o, o_cmp, o_slc, o_swd, lse, computed, scores = torch.ops.nsa_kernels.nsa_fwd(
+        q, k, v, gates.to(q.dtype), cu_seqlens, block_indices, geometry, flags, scale, return_aux
+    )
+    if not return_aux:
+        return o
+    per_branch = dict(zip(BRANCHES, (o_cmp, o_slc, o_swd), strict=True))
+    aux = {
+        "outputs": {n: per_branch[n].reshape(B, T, HQ, D) for n in BRANCHES if n in branches},
+        "lse": {n: lse[c].reshape(B, T, HQ) for c, n in enumerate(BRANCHES) if n in branches},
+        "block_indices": None,
+        "block_scores": None,
+    }
+    if "slc" in branches:
+        aux["block_indices"] = (computed if block_indices is None else block_indices).reshape(B, T, HKV, -1)
+        if block_indices is None:
+            aux["block_scores"] = scores.reshape(B, T, HKV, -1)
+    return o, aux

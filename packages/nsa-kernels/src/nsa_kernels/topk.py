@@ -1,0 +1,188 @@
+"""Block importance and exact top-n selection with forced blocks.
+
+The importance kernel recomputes ``p = exp(q·k_cmp·scale - lse)`` over the visible compressed keys
+with the compression LSE already known, sums it over the G query heads of each token with one small
+MMA, and writes one row of compressed-level scores per (token, KV head) for a chunk of tokens. The
+selection is exact: scores are non-negative floats, so their bit patterns order like the values, and
+``bits << 32 | block`` is a 64-bit key whose largest ``n`` entries are the top-n with ties going to
+the more recent block; forced blocks get the bits of +inf. Chunking over tokens bounds the scratch
+memory to ``CHUNK_ELEMS`` keys, whatever T is.
+
+Shape legend:
+    N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim, NC compressed keys,
+    NCP compressed keys of the longest sequence, NS selection blocks of the longest sequence,
+    S selected blocks per query (``n``), TT tokens per tile (TTP its power of two), BM = rows per tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from nsa_kernels.index import positions
+
+CHUNK_ELEMS = 2**25
+"""Largest number of (token, KV head, block) scores held at once."""
+
+
+@triton.jit
+def topk_fwd_kernel_scores(
+    q,  # [N, HQ, D]
+    k_cmp,  # [NC, HKV, D]
+    lse,  # [N, HQ] compression LSE, natural log
+    scores,  # [NTOK, HKV, NCP] fp32, zero-filled; row = token - t_base
+    cu_seqlens,
+    cu_keys,
+    tile_seq,
+    tile_start,
+    tile_lo,
+    t_base,
+    scale2,
+    NCP,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    TTP: tl.constexpr,
+    CL: tl.constexpr,
+    CS: tl.constexpr,
+):
+    pid = tile_lo + tl.program_id(0)
+    h = tl.program_id(1)
+    TT: tl.constexpr = BM // G
+    seq = tl.load(tile_seq + pid)
+    t0 = tl.load(tile_start + pid)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    kbos = tl.load(cu_keys + seq)
+    r = tl.arange(0, BM)
+    tok = r // G
+    head = h * G + r % G
+    t = t0 + tok
+    row_ok = (tok < TT) & (t < eos)
+    t_rel = t - bos
+    t_last = tl.minimum(t0 + TT, eos) - 1 - bos
+    d = tl.arange(0, BD)
+    cols = tl.arange(0, BN)
+    qt = tl.load(
+        q + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :],
+        mask=row_ok[:, None] & (d[None, :] < D),
+        other=0.0,
+    )
+    lse_row = tl.load(lse + t.to(tl.int64) * HQ + head, mask=row_ok, other=float("-inf"))
+    lse2 = tl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
+    tt = tl.arange(0, TTP)
+    head_sum = ((tt[:, None] == tok[None, :]) & row_ok[None, :]).to(tl.float32)  # [TTP, BM]
+    t_out = t0 + tt
+    out_ok = (tt < TT) & (t_out < eos)
+    out_rows = (t_out - t_base).to(tl.int64) * (HKV * NCP) + h * NCP
+    nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
+    for start in range(0, nk, BN):
+        i = start + cols
+        ok = i < nk
+        kt = tl.load(
+            k_cmp + (kbos + i).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :],
+            mask=ok[:, None] & (d[None, :] < D),
+            other=0.0,
+        )
+        s = tl.dot(qt, tl.trans(kt)) * scale2
+        mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
+
+
+def overlap_weights(nc: int, ns: int, *, compress_block: int, compress_stride: int, select_block: int, device):
+    """``W [NC, NS]``: overlap of compressed block i with selection block j, in stride units (NSA Eq. 9)."""
+    i = torch.arange(nc, device=device, dtype=torch.float64)[:, None] * compress_stride
+    j = torch.arange(ns, device=device, dtype=torch.float64)[None, :] * select_block
+    overlap = torch.minimum(i + compress_block, j + select_block) - torch.maximum(i, j)
+    return (overlap.clamp(min=0) / compress_stride).float()
+
+
+def select_topk(
+    scores: torch.Tensor,
+    t_rel: torch.Tensor,
+    *,
+    num_selected: int,
+    select_block: int,
+    forced_initial: int,
+    forced_local: int,
+) -> torch.Tensor:
+    """Exact top-n of ``scores [M, HKV, NS]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``."""
+    M, HKV, NS = scores.shape
+    j = torch.arange(NS, device=scores.device)
+    current = (t_rel // select_block)[:, None]
+    visible = (j[None, :] <= current)[:, None, :]
+    forced = ((j[None, :] < forced_initial) | (j[None, :] > current - forced_local))[:, None, :]
+    bits = scores.contiguous().view(torch.int32).long()
+    bits = torch.where(forced, 0x7F800000, bits)
+    key = torch.where(visible, (bits << 32) | j, -1)
+    k = min(num_selected, NS)
+    top = torch.topk(key, k, dim=-1, sorted=False).values
+    block = torch.where(top >= 0, top & 0xFFFFFFFF, NS).sort(-1).values
+    block = torch.where(block == NS, -1, block).to(torch.int32)
+    if k < num_selected:
+        block = torch.cat([block, block.new_full((M, HKV, num_selected - k), -1)], -1)
+    return block
+
+
+def select_fwd(
+    q: torch.Tensor,
+    k_cmp: torch.Tensor,
+    lse_cmp: torch.Tensor,
+    *,
+    plan: dict,
+    scale: float,
+    geometry: dict,
+    return_scores: bool = False,
+    block_m: int = 64,
+    num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``."""
+    N, HQ, D = q.shape
+    HKV = k_cmp.shape[1]
+    G = HQ // HKV
+    BM = max(block_m, triton.next_power_of_2(G), 16)
+    TT = BM // G
+    cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
+    tile_seq, tile_start = plan["tiles"]
+    n_cmp = int((cu_keys[1:] - cu_keys[:-1]).max()) if cu.numel() > 1 else 0
+    n_sel = plan["max_blocks"]
+    SB, CL, CS = geometry["select_block"], geometry["compress_block"], geometry["compress_stride"]
+    identity = CL == CS == SB
+    ncp = max(n_cmp, 1)
+    weights = (
+        None
+        if identity
+        else overlap_weights(ncp, n_sel, compress_block=CL, compress_stride=CS, select_block=SB, device=q.device)
+    )
+    _, t_rel = positions(cu, N)
+    out = torch.empty(N, HKV, geometry["num_selected"], device=q.device, dtype=torch.int32)
+    all_scores = torch.zeros(N, HKV, n_sel, device=q.device, dtype=torch.float32) if return_scores else None
+    tiles_per_chunk = max(1, CHUNK_ELEMS // (TT * HKV * max(ncp, n_sel) * 2))
+    for lo in range(0, tile_seq.numel(), tiles_per_chunk):
+        hi = min(lo + tiles_per_chunk, tile_seq.numel())
+        t_lo = int(tile_start[lo])
+        t_hi = N if hi == tile_seq.numel() else int(tile_start[hi])
+        buf = torch.zeros(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
+        topk_fwd_kernel_scores[(hi - lo, HKV)](
+            q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
+            HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=64,
+            TTP=max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, num_warps=num_warps,
+        )  # fmt: skip
+        if identity:
+            sel = torch.nn.functional.pad(buf, (0, n_sel - ncp)) if n_sel > ncp else buf[..., :n_sel]
+        else:
+            sel = buf @ weights
+        out[t_lo:t_hi] = select_topk(
+            sel, t_rel[t_lo:t_hi], num_selected=geometry["num_selected"], select_block=SB,
+            forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
+        )  # fmt: skip
+        if return_scores:
+            all_scores[t_lo:t_hi] = sel
+    return out, all_scores
