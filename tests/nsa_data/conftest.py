@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from nsa_data.synth.writer import write_mp4
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nsa_data.config import SamplingConfig, SynthConfig
 from nsa_data.manifest import LETTERS, read_manifest
 from nsa_data.synth.generate import generate_synthetic, plan_video

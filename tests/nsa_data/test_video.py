@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nsa_data.config import SamplingConfig
 from nsa_data.errors import VideoReadError
 from nsa_data.video import frame_indices, num_sampled_frames, probe_video, sample_video, temporal_position_ids
