@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nsa_core.layers import GATE_INIT_STD, NSAGate
 
 

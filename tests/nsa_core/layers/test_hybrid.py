@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nsa_core import NSAConfig, nsa_attention
 from nsa_core.layers import NSAGate, TokenRouting, gather_text_rows, hybrid_attention, pack_vision
 

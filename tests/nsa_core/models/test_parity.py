@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nsa_core import NSAConfig
 from nsa_core.models.qwen2_5_vl import convert_to_nsa
-
-from tests.nsa_core.models.tiny import VIDEO, VISION_END, VISION_START, build_batch, tiny_model
+from tests.nsa_core.models.tiny import IMAGE, VIDEO, VISION_END, VISION_START, build_batch, tiny_model
 
 SMALL = NSAConfig(
     compress_block=4, compress_stride=4, select_block=4, num_selected=3, forced_initial=1, forced_local=1, window=8
@@ -50,13 +50,14 @@ def _masked_stock_logits(stock, batch):
     pos, _ = stock.model.get_rope_index(
         batch["input_ids"],
         batch["mm_token_type_ids"],
+        image_grid_thw=batch.get("image_grid_thw"),
         video_grid_thw=batch.get("video_grid_thw"),
         second_per_grid_ts=batch.get("second_per_grid_ts"),
         attention_mask=batch["attention_mask"],
     )
     T = batch["input_ids"].shape[1]
     valid = batch["attention_mask"].bool()
-    vision = batch["input_ids"] == VIDEO
+    vision = (batch["input_ids"] == VIDEO) | (batch["input_ids"] == IMAGE)
     allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid[:, None, :]
     allowed = allowed & ~(vision[:, :, None] & ~vision[:, None, :])
     allowed = allowed | ~valid[:, :, None]  # padding rows: anything, to avoid empty softmax rows
@@ -98,9 +99,26 @@ def test_vision_first_dense_limit_matches_stock(impl):
     assert (got - _logits(convert_to_nsa(tiny_model(), SMALL), batch)).abs().max() > 1e-3
 
 
+IMAGE_AND_VIDEO = [
+    [
+        ("text", 2),
+        ("text", [VISION_START]),
+        ("image", 56, 84),
+        ("text", [VISION_END, 7, VISION_START]),
+        ("video", 4, 56, 56),
+        ("text", [VISION_END]),
+        ("text", 3),
+    ]
+]
+
+
 @pytest.mark.parametrize("impl", [pytest.param("sdpa", id="sdpa"), pytest.param("eager", id="eager")])
-def test_dense_limit_matches_stock_with_vision_to_text_blocked(impl):
-    batch = build_batch(TWO_VIDEOS_PADDED, seed=4)
+@pytest.mark.parametrize(
+    "samples",
+    [pytest.param(TWO_VIDEOS_PADDED, id="two-videos-padded"), pytest.param(IMAGE_AND_VIDEO, id="image-and-video")],
+)
+def test_dense_limit_matches_stock_with_vision_to_text_blocked(impl, samples):
+    batch = build_batch(samples, seed=4)
     stock = tiny_model(attn_implementation=impl)
     nsa = convert_to_nsa(tiny_model(), **DENSE_LIMIT)
     valid = batch["attention_mask"].bool()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nsa_core import NSAConfig
 from nsa_core.models.qwen2_5_vl import convert_to_nsa
-
-from tests.nsa_core.models.tiny import VIDEO, VISION_END, VISION_START, build_batch, tiny_model
+from tests.nsa_core.models.tiny import IMAGE, VIDEO, VISION_END, VISION_START, build_batch, tiny_model
 
 SMALL = NSAConfig(
     compress_block=4, compress_stride=4, select_block=4, num_selected=3, forced_initial=1, forced_local=1, window=8
@@ -37,12 +37,20 @@ def _logits(model, batch):
         return model(**batch).logits
 
 
-def test_vision_rows_never_read_text():
-    model, batch = _model(), build_batch([LAYOUT], seed=6)
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(LAYOUT, id="two-videos"),
+        pytest.param([*LAYOUT[:2], ("image", 56, 112), ("text", [VISION_END, VISION_START]), *LAYOUT[4:]], id="image"),
+    ],
+)
+def test_vision_rows_never_read_text(layout):
+    model, batch = _model(), build_batch([layout], seed=6)
     changed = {k: v.clone() for k, v in batch.items()}
     changed["input_ids"][0, 1] = (changed["input_ids"][0, 1] + 7) % 100 + 1
     base, moved = _logits(model, batch), _logits(model, changed)
-    vision = batch["input_ids"][0] == VIDEO
+    vision = (batch["input_ids"][0] == VIDEO) | (batch["input_ids"][0] == IMAGE)
+    assert vision.sum() > 16
     torch.testing.assert_close(moved[0, vision], base[0, vision], rtol=0, atol=1e-6)
     assert (moved[0, -1] - base[0, -1]).abs().max() > 1e-4
 

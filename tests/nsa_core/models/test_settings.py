@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nsa_core import NSAConfig
 from nsa_core.models.qwen2_5_vl import (
     ATTN_IMPLEMENTATION,
@@ -13,7 +14,6 @@ from nsa_core.models.qwen2_5_vl import (
     set_attention_mode,
     update_nsa_settings,
 )
-
 from tests.nsa_core.models.tiny import VISION_END, VISION_START, build_batch, tiny_model
 
 SMALL = NSAConfig(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from safetensors import safe_open
+
 from nsa_core import NSAConfig
 from nsa_core.models.qwen2_5_vl import (
     ATTN_IMPLEMENTATION,
@@ -12,8 +14,6 @@ from nsa_core.models.qwen2_5_vl import (
     load_nsa_model,
     set_attention_mode,
 )
-from safetensors import safe_open
-
 from tests.nsa_core.models.tiny import IMAGE, VIDEO, VISION_END, VISION_START, build_batch, tiny_model
 
 SMALL = NSAConfig(

@@ -66,12 +66,14 @@ def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def build_batch(samples: list[list[tuple]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Left-padded batch from segments ``("text", n)`` / ``("text", [ids])`` / ``("video", F, H, W)``.
+    """Left-padded batch of segments ``("text", n | [ids])``, ``("video", F, H, W)`` and ``("image", H, W)``.
 
-    A video segment inserts only its placeholder tokens; add ``VISION_START`` / ``VISION_END`` as text ids.
+    A vision segment inserts only its placeholder tokens; add ``VISION_START`` / ``VISION_END`` as text ids.
+    An image is one frame repeated for the temporal patch, as the Qwen image processor does.
     """
     g = torch.Generator().manual_seed(seed)
-    rows, types, pixels, grids = [], [], [], []
+    rows, types = [], []
+    media = {"image": ([], []), "video": ([], [])}
     for segments in samples:
         ids, kinds = [], []
         for segment in segments:
@@ -80,14 +82,17 @@ def build_batch(samples: list[list[tuple]], seed: int = 0) -> dict[str, torch.Te
                 part = torch.randint(*TEXT_IDS, (part,), generator=g).tolist() if isinstance(part, int) else part
                 ids += part
                 kinds += [0] * len(part)
+                continue
+            if segment[0] == "image":
+                frames = torch.randn(1, 3, segment[1], segment[2], generator=g).expand(2, -1, -1, -1)
             else:
                 frames = torch.randn(segment[1], 3, segment[2], segment[3], generator=g)
-                values, grid = patchify(frames)
-                pixels.append(values)
-                grids.append(grid)
-                n = grid[0] * grid[1] * grid[2] // 4
-                ids += [VIDEO] * n
-                kinds += [2] * n
+            values, grid = patchify(frames)
+            media[segment[0]][0].append(values)
+            media[segment[0]][1].append(grid)
+            n = grid[0] * grid[1] * grid[2] // 4
+            ids += [IMAGE if segment[0] == "image" else VIDEO] * n
+            kinds += [1 if segment[0] == "image" else 2] * n
         rows.append(ids)
         types.append(kinds)
     T = max(len(r) for r in rows)
@@ -96,8 +101,11 @@ def build_batch(samples: list[list[tuple]], seed: int = 0) -> dict[str, torch.Te
         "attention_mask": torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows]),
         "mm_token_type_ids": torch.tensor([[0] * (T - len(k)) + k for k in types]),
     }
-    if pixels:
-        batch["pixel_values_videos"] = torch.cat(pixels)
-        batch["video_grid_thw"] = torch.tensor(grids)
-        batch["second_per_grid_ts"] = torch.full((len(grids),), 0.5)
+    if media["image"][0]:
+        batch["pixel_values"] = torch.cat(media["image"][0])
+        batch["image_grid_thw"] = torch.tensor(media["image"][1])
+    if media["video"][0]:
+        batch["pixel_values_videos"] = torch.cat(media["video"][0])
+        batch["video_grid_thw"] = torch.tensor(media["video"][1])
+        batch["second_per_grid_ts"] = torch.full((len(media["video"][1]),), 0.5)
     return batch

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F  # noqa: N812 (the torch convention)
+from torch.nn import functional as F
 
 GateKind = Literal["mlp", "linear"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F  # noqa: N812 (the torch convention)
+from torch.nn import functional as F
 
 from nsa_core.config import NSAConfig
 from nsa_core.layers.routing import TokenRouting, gather_text_rows, pack_vision
