@@ -77,7 +77,7 @@ def load_nsa_model(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> Qw
         The converted model in eval mode, in the attention mode stored in ``config.nsa`` (``nsa`` by default).
 
     Raises:
-        ValueError: when stock weights are missing or unexpected, or the stored gates do not match the gate kind.
+        ValueError: when stock weights are missing or mismatched, or the checkpoint holds only some of the gates.
     """
     path = Path(path)
     from_pretrained_kwargs.setdefault("local_files_only", True)
@@ -85,11 +85,16 @@ def load_nsa_model(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> Qw
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, output_loading_info=True, **from_pretrained_kwargs
         )
-    stray = [k for k in (*info["missing_keys"], *info["unexpected_keys"]) if ".nsa_gate." not in k]
-    if stray or info["mismatched_keys"]:
+    missing = sorted(info["missing_keys"])
+    if missing or info["mismatched_keys"]:
         raise ValueError(
-            f"checkpoint at {path} does not match Qwen2.5-VL: missing/unexpected {stray[:5]}, mismatched "
-            f"{list(info['mismatched_keys'])[:5]}"
+            f"checkpoint at {path} does not match Qwen2.5-VL: missing {missing[:5]}, mismatched "
+            f"{list(info['mismatched_keys'])[:5]}; pass the directory of a Qwen2.5-VL save_pretrained"
+        )
+    unexpected = sorted(k for k in info["unexpected_keys"] if ".nsa_gate." not in k)
+    if unexpected:
+        logger.warning(
+            "ignoring %d unexpected checkpoint tensors in %s, e.g. %s", len(unexpected), path, unexpected[:3]
         )
     convert_to_nsa(model)
     expected = sum(1 for name, _ in model.named_parameters() if ".nsa_gate." in name)
