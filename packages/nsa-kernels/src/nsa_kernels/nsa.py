@@ -259,7 +259,6 @@ def _nsa_fwd_op(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, s
     res = nsa_fwd(
         q, k, v, gates, cu_seqlens, block_indices, _geometry(geometry), _branches(branches), scale, return_scores
     )
-    empty = q.new_empty(0)
     N, HQ = q.shape[0] * q.shape[1], q.shape[2]
     lse = torch.zeros(3, N, HQ, device=q.device, dtype=torch.float32)
     for c, name in enumerate(BRANCHES):
@@ -271,7 +270,7 @@ def _nsa_fwd_op(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, s
         scores = torch.nn.functional.pad(scores, (0, math.ceil(N / geometry[2]) - scores.shape[-1]))
     return (
         res["o"].reshape(q.shape),
-        *(res["outputs"].get(name, empty) for name in BRANCHES),
+        *(res["outputs"][name] if name in res["outputs"] else q.new_empty(0) for name in BRANCHES),
         lse,
         computed if computed is not None else q.new_empty(0, dtype=torch.int32),
         scores if scores is not None else q.new_empty(0, dtype=torch.float32),

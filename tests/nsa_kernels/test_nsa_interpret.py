@@ -1,0 +1,174 @@
+"""The Triton kernels under Triton's interpreter on CPU, forward and backward, against the reference.
+
+Outputs are allocated through a NaN-poisoned ``torch.empty``, so a tile a kernel forgets to write fails.
+Attention is compared with the reference given the same block indices (both see the same selection);
+the computed top-n is checked for exactness separately.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nsa_core.config import NSAConfig
+from nsa_core.ops.reference import nsa_reference, select_blocks
+from tests.nsa_kernels._helpers import make_inputs, rel_err, small_config
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="interpreter tier; on a CUDA machine test_nsa_gpu.py runs the compiled kernels"
+)
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+# (B, T, HKV, G, D, dtype, config overrides, cu_seqlens)
+CASES = [
+    pytest.param(1, 97, 2, 1, 32, torch.bfloat16, {}, None, id="G1-T97"),
+    pytest.param(2, 64, 1, 2, 32, torch.bfloat16, {}, None, id="G2-T64-B2"),
+    pytest.param(1, 130, 1, 4, 64, torch.float16, {"num_selected": 3}, None, id="G4-T130-fp16-n3"),
+    pytest.param(1, 111, 1, 7, 32, torch.bfloat16, {}, None, id="G7-T111"),
+    pytest.param(
+        1, 150, 2, 7, 64, torch.bfloat16, {"num_selected": 6, "window": 33}, [0, 37, 37, 150], id="G7-varlen-empty-seq"
+    ),  # fmt: skip
+    pytest.param(
+        1,
+        90,
+        1,
+        7,
+        32,
+        torch.bfloat16,
+        {"compress_block": 32, "compress_stride": 16, "select_block": 32, "num_selected": 3},
+        None,
+        id="G7-overlap-32-16-32",
+    ),  # fmt: skip
+    pytest.param(1, 75, 1, 8, 32, torch.bfloat16, {"num_selected": 7}, None, id="G8-T75-n>blocks"),
+    pytest.param(1, 70, 1, 16, 16, torch.bfloat16, {"forced_initial": 2, "forced_local": 1}, None, id="G16-T70"),
+]
+
+
+def _run(q, k, v, g, config, cu_seqlens, block_indices=None):
+    from nsa_kernels.backend import forward
+
+    return forward(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=block_indices, return_aux=True)
+
+
+@pytest.mark.parametrize(("B", "T", "HKV", "G", "D", "dtype", "overrides", "cu"), CASES)
+def test_forward_backward_match_reference(B, T, HKV, G, D, dtype, overrides, cu, poison_empty):
+    config = small_config(**overrides)
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    q, k, v, g = make_inputs(B, T, HKV, G, D, dtype)
+    o, aux = _run(q, k, v, g, config, cu_seqlens)
+    ref_o, ref_aux = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices,
+                                   return_aux=True)  # fmt: skip
+    tol = TOL[dtype]
+    assert not o.isnan().any()
+    assert rel_err(o, ref_o) < tol
+    for branch in config.branches:
+        assert rel_err(aux.outputs[branch], ref_aux.outputs[branch]) < tol, branch
+        assert rel_err(aux.lse[branch], ref_aux.lse[branch]) < 1e-3, branch
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v, g), do)
+    ref_grads = torch.autograd.grad(ref_o, (q, k, v, g), do)
+    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
+        assert not got.isnan().any(), name
+        assert rel_err(got, want) < tol, name
+
+
+@pytest.mark.parametrize(("B", "T", "HKV", "G", "D", "dtype", "overrides", "cu"), CASES[3:6])
+def test_selection_is_exact_top_n_of_reference_scores(B, T, HKV, G, D, dtype, overrides, cu):
+    """Every chosen block scores at least as high (reference scores, up to rounding) as every block left out."""
+    config = small_config(**overrides)
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    q, k, v, g = make_inputs(B, T, HKV, G, D, dtype)
+    with torch.no_grad():
+        _, aux = _run(q, k, v, g, config, cu_seqlens)
+        _, ref_aux = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, return_aux=True)
+    assert rel_err(aux.block_scores, ref_aux.block_scores) < 2e-2
+    scores = ref_aux.block_scores.double()
+    NS = scores.shape[-1]
+    chosen = (aux.block_indices.long()[..., :, None] == torch.arange(NS)).any(-2)
+    t = torch.arange(T)
+    if cu_seqlens is not None:
+        t = t - cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff())
+    current = (t // config.select_block)[None, :, None, None]
+    j = torch.arange(NS)
+    visible = j <= current
+    forced = visible & ((j < config.forced_initial) | (j > current - config.forced_local))
+    assert (chosen <= visible).all()
+    assert (forced <= chosen).all()
+    count = chosen.sum(-1)
+    assert (count == torch.minimum(visible.sum(-1), torch.tensor(config.num_selected))).all()
+    free = chosen & ~forced
+    lowest_chosen = torch.where(free, scores, torch.inf).amin(-1)
+    highest_left = torch.where(visible & ~chosen, scores, -torch.inf).amax(-1)
+    assert (highest_left <= lowest_chosen + 2e-2 * scores.amax(-1)).all()
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 8])
+def test_select_topk_equals_reference_on_scores_with_ties(n):
+    from nsa_kernels.topk import select_topk
+
+    config = small_config(num_selected=n, forced_initial=1, forced_local=0 if n == 1 else 2)
+    T, HKV, NS = 100, 2, 7
+    scores = torch.randint(0, 4, (1, T, HKV, NS)).float() / 4
+    want = select_blocks(scores, config)
+    got = select_topk(scores[0], torch.arange(T), num_selected=n, select_block=16,
+                      forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
+    assert torch.equal(got, want[0])
+
+
+def test_backward_is_deterministic():
+    config = small_config()
+    q, k, v, g = make_inputs(1, 80, 1, 7, 32, torch.bfloat16)
+    o, _ = _run(q, k, v, g, config, None)
+    do = torch.randn_like(o)
+    first = torch.autograd.grad(o, (q, k, v, g), do, retain_graph=True)
+    second = torch.autograd.grad(o, (q, k, v, g), do)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_single_branches_and_given_indices(poison_empty):
+    q, k, v, g = make_inputs(1, 60, 1, 7, 32, torch.bfloat16)
+    for branches in (("cmp",), ("slc",), ("swd",), ("cmp", "swd")):
+        config = small_config(branches=branches)
+        o, aux = _run(q, k, v, g, config, None)
+        ref = nsa_reference(q, k, v, g, config, block_indices=aux.block_indices)
+        assert rel_err(o, ref) < 2e-2, branches
+        grads = torch.autograd.grad(o, (q, k, v, g), torch.ones_like(o))
+        ref_grads = torch.autograd.grad(ref, (q, k, v, g), torch.ones_like(o))
+        for got, want in zip(grads, ref_grads, strict=True):
+            assert rel_err(got, want) < 2e-2, branches
+
+
+def test_torch_compile_traces_around_the_custom_op():
+    from nsa_kernels import nsa_func
+
+    q, k, v, g = make_inputs(1, 40, 1, 7, 16, torch.bfloat16)
+    kwargs = dict(compress_block=16, compress_stride=16, select_block=16, num_selected=3, window=20)
+
+    def layer(q, k, v, g):
+        return (nsa_func(q * 2, k, v, g, **kwargs) + 1).sum()
+
+    eager = layer(q, k, v, g)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(q, k, v, g)
+    torch.testing.assert_close(compiled, eager)
+
+
+def test_bad_arguments_raise_value_error():
+    from nsa_kernels import nsa_func
+
+    q, k, v, g = make_inputs(1, 16, 1, 7, 16, torch.bfloat16)
+    with pytest.raises(ValueError, match="select_block"):
+        nsa_func(q, k, v, g, select_block=256)
+    with pytest.raises(ValueError, match="branches"):
+        nsa_func(q, k, v, g, branches=("dense",))
+
+
+def test_triton_backend_is_registered():
+    from nsa_core.ops.backends import available_backends
+
+    backend = available_backends()["triton"]
+    assert backend.priority > 0
+    assert not backend.supports(torch.device("cpu"), torch.bfloat16)
+    assert backend.supports(torch.device("cuda"), torch.bfloat16)
+    assert isinstance(NSAConfig(), NSAConfig)
