@@ -28,7 +28,7 @@ CASES = [
     pytest.param(1, 111, 1, 7, 32, torch.bfloat16, {}, None, id="G7-T111"),
     pytest.param(
         1, 150, 2, 7, 64, torch.bfloat16, {"num_selected": 6, "window": 33}, [0, 37, 37, 150], id="G7-varlen-empty-seq"
-    ),  # fmt: skip
+    ),
     pytest.param(
         1,
         90,
@@ -39,7 +39,7 @@ CASES = [
         {"compress_block": 32, "compress_stride": 16, "select_block": 32, "num_selected": 3},
         None,
         id="G7-overlap-32-16-32",
-    ),  # fmt: skip
+    ),
     pytest.param(1, 75, 1, 8, 32, torch.bfloat16, {"num_selected": 7}, None, id="G8-T75-n>blocks"),
     pytest.param(1, 70, 1, 16, 16, torch.bfloat16, {"forced_initial": 2, "forced_local": 1}, None, id="G16-T70"),
 ]
