@@ -1,0 +1,196 @@
+"""NSA attention speed at the VideoNSA shape against dense SDPA (cuDNN, flash) and fla-core's ``parallel_nsa``.
+
+One process, one GPU. For each T: forward and forward+backward medians (``triton.testing.do_bench``,
+with p20/p80) of ours (all three branches and gates), SDPA cuDNN and flash (causal, ``enable_gqa``), and
+fla-core 0.6.0 ``parallel_nsa`` (cmp + slc, no window, query heads padded to 16 per KV head) when it
+imports; per-branch times of ours; TFLOP/s on the FLOPs each method executes (NSA cost model of
+``kernel-notes.md`` §3, dense causal for SDPA, 64 padded heads for fla); peak memory.
+
+Run: ``python benchmarks/attention.py --seqlens 8192 32768 65536 131072 --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from nsa_kernels import nsa, nsa_func
+
+HQ, HKV, D = 28, 4, 128
+NSA = dict(compress_block=64, compress_stride=64, select_block=64, num_selected=32, window=256)
+
+
+def nsa_flops(T: int, heads: int = HQ, branches=("cmp", "slc", "swd"), topk: bool = True) -> tuple[float, float]:
+    """(forward, forward+backward) FLOPs of the cost model: 4·D·H·Σ keys(t), backward 2.5×, top-n = half a cmp pass."""
+    t = torch.arange(T, dtype=torch.float64)
+    keys = {
+        "cmp": torch.floor((t + 1) / 64),
+        "slc": torch.where(t // 64 + 1 >= 32, 31 * 64 + t % 64 + 1, t + 1),
+        "swd": torch.clamp(t + 1, max=256),
+    }
+    fwd = sum(4 * D * heads * float(keys[b].sum()) for b in branches)
+    extra = 2 * D * heads * float(keys["cmp"].sum()) if topk else 0.0
+    return fwd + extra, 3.5 * fwd + extra
+
+
+def dense_flops(T: int) -> tuple[float, float]:
+    fwd = 4 * D * HQ * T * (T + 1) / 2
+    return fwd, 3.5 * fwd
+
+
+def bench(fn, grad_inputs=None) -> tuple[float, float, float]:
+    """Median, p20, p80 in ms; with ``grad_inputs`` the grads are reset between runs."""
+    return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_inputs, warmup=25, rep=200))
+
+
+def inputs(T: int, heads: int = HQ):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, T, heads, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    k = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    v = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    g = torch.rand(1, T, heads, 3, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    return q, k, v, g
+
+
+def providers(T: int, fla) -> dict:
+    q, k, v, g = inputs(T)
+    out = {"ours": (lambda: nsa_func(q, k, v, g, **NSA), (q, k, v, g), nsa_flops(T))}
+    qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    for name, backend in (("sdpa_cudnn", "CUDNN_ATTENTION"), ("sdpa_flash", "FLASH_ATTENTION")):
+        kind = getattr(torch.nn.attention.SDPBackend, backend)
+
+        def run(kind=kind):
+            with torch.nn.attention.sdpa_kernel(kind):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+
+        out[name] = (run, (qt, kt, vt), dense_flops(T))
+    if fla is not None:
+        q16, _, _, g16 = inputs(T, heads=16 * HKV)
+        gates = [g16[..., c].detach().contiguous().requires_grad_() for c in range(2)]
+        out["fla_parallel_nsa"] = (
+            lambda: fla(q16, k, v, gates[0], gates[1], None, block_counts=32, block_size=64, window_size=0),
+            (q16, k, v, *gates),
+            nsa_flops(T, heads=16 * HKV, branches=("cmp", "slc")),
+        )
+    return out
+
+
+def branch_rows(T: int) -> list[dict]:
+    """Per-branch times of ours: cmp (+pool), top-n (cmp forward + selection), slc with fixed indices, swd."""
+    q, k, v, g = inputs(T)
+    with torch.no_grad():
+        _, aux = nsa_func(q, k, v, g, **NSA, return_aux=True)
+    idx = aux["block_indices"]
+    rows = []
+    cases = {
+        "cmp": dict(branches=("cmp",)),
+        "cmp+topn+slc": dict(branches=("slc",)),
+        "slc(given idx)": dict(branches=("slc",), block_indices=idx),
+        "swd": dict(branches=("swd",)),
+    }
+    model = {
+        "cmp": nsa_flops(T, branches=("cmp",), topk=False),
+        "cmp+topn+slc": nsa_flops(T, branches=("cmp", "slc")),
+        "slc(given idx)": nsa_flops(T, branches=("slc",), topk=False),
+        "swd": nsa_flops(T, branches=("swd",), topk=False),
+    }
+    for name, kw in cases.items():
+        fn = lambda kw=kw: nsa_func(q, k, v, g, **{**NSA, **kw})  # noqa: E731
+        fwd = bench(fn)
+        do = torch.randn_like(q)
+        fb = bench(lambda fn=fn, do=do: fn().backward(do), (q, k, v, g))
+        rows.append({"T": T, "branch": name, "fwd": fwd, "fwd_bwd": fb, "flops": model[name]})
+    return rows
+
+
+def variants(T: int) -> list[dict]:
+    """Selection (given indices) and window forward+backward under different tile heights."""
+    q, k, v, g = inputs(T)
+    with torch.no_grad():
+        _, aux = nsa_func(q, k, v, g, **NSA, return_aux=True)
+    idx = aux["block_indices"]
+    rows = []
+    base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
+    for branch, settings in (("slc", [(16, 4), (32, 4), (64, 4)]), ("swd", [(64, 4), (128, 8)])):
+        for block_m, warps in settings:
+            nsa.TUNING[branch].update(block_m=block_m, num_warps=warps)
+            kw = dict(branches=(branch,), block_indices=idx if branch == "slc" else None)
+            fn = lambda kw=kw: nsa_func(q, k, v, g, **{**NSA, **kw})  # noqa: E731
+            do = torch.randn_like(q)
+            rows.append({"T": T, "branch": branch, "block_m": block_m, "num_warps": warps, "fwd": bench(fn),
+                         "fwd_bwd": bench(lambda fn=fn, do=do: fn().backward(do), (q, k, v, g))})  # fmt: skip
+            nsa.TUNING.clear()
+            nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    parser.add_argument("--branches-at", type=int, nargs="*", default=[8192, 65536, 131072])
+    parser.add_argument("--variants-at", type=int, nargs="*", default=[32768])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    try:
+        from fla.ops.nsa import parallel_nsa as fla
+    except ImportError:
+        fla = None
+    env = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "fla": None if fla is None else __import__("fla").__version__,
+        "command": " ".join(sys.argv),
+    }
+    print(env, flush=True)
+    results = {"env": env, "providers": [], "branches": [], "variants": []}
+    for T in args.seqlens:
+        for name, (fn, grads, flops) in providers(T, fla).items():
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                fwd = bench(fn)
+                first = fn()
+                do = torch.randn_like(first)
+                del first
+                fb = bench(lambda fn=fn, do=do: fn().backward(do), grads)
+            except Exception as error:  # a missing SDPA backend must not lose the other rows
+                print(f"T={T:>6} {name:>17}  failed: {error!r}"[:400], flush=True)
+                continue
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            row = {"T": T, "provider": name, "fwd": fwd, "fwd_bwd": fb, "flops": flops, "peak_gib": peak}
+            results["providers"].append(row)
+            print(f"T={T:>6} {name:>17}  fwd {fwd[0]:9.3f} ms ({flops[0] / fwd[0] / 1e9:6.1f} TFLOP/s)  "
+                  f"fwd+bwd {fb[0]:9.3f} ms ({flops[1] / fb[0] / 1e9:6.1f} TFLOP/s)  peak {peak:6.2f} GiB",
+                  flush=True)  # fmt: skip
+            torch.cuda.empty_cache()
+        if T in args.branches_at:
+            for row in branch_rows(T):
+                results["branches"].append(row)
+                print(f"T={T:>6} branch {row['branch']:>15}  fwd {row['fwd'][0]:9.3f} ms  "
+                      f"fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
+        if T in args.variants_at:
+            for row in variants(T):
+                results["variants"].append(row)
+                print(f"T={T:>6} variant {row['branch']} block_m={row['block_m']} warps={row['num_warps']}  "
+                      f"fwd {row['fwd'][0]:9.3f} ms  fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    ours = {r["T"]: r for r in results["providers"] if r["provider"] == "ours"}
+    for r in results["providers"]:
+        if r["provider"] != "ours" and r["T"] in ours:
+            o = ours[r["T"]]
+            print(f"T={r['T']:>6} speedup of ours vs {r['provider']:>17}: fwd {r['fwd'][0] / o['fwd'][0]:6.2f}x  "
+                  f"fwd+bwd {r['fwd_bwd'][0] / o['fwd_bwd'][0]:6.2f}x")  # fmt: skip
+    assert math.isfinite(sum(r["fwd"][0] for r in results["providers"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Compiled kernels on a CUDA GPU: the interpreter cases, then VideoNSA geometry up to T = 16K in bf16.
+
+Accuracy follows FlashAttention's rule: the kernel's error against a float64 reference must be at most
+twice the error of the same reference math run in bf16 (plus a small absolute slack for near-zero errors).
+Both references are given the kernel's block indices, so they see the same selection.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nsa_core.config import NSAConfig
+from nsa_core.ops.reference import (
+    compress_kv,
+    compression_attention,
+    nsa_reference,
+    selection_attention,
+    window_attention,
+)
+from tests.nsa_kernels._helpers import make_inputs, rel_err, small_config
+from tests.nsa_kernels.test_nsa_interpret import CASES
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+VIDEONSA = NSAConfig()
+
+
+def _forward(q, k, v, g, config, cu_seqlens=None, block_indices=None):
+    from nsa_kernels.backend import forward
+
+    return forward(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=block_indices, return_aux=True)
+
+
+def _reference_in_dtype(q, k, v, g, config, block_indices):
+    """The reference branches run in the inputs' own dtype (no float32 upcast): the 'PyTorch in bf16' error."""
+    k_cmp, v_cmp = compress_kv(k, v, config)
+    o_cmp, _ = compression_attention(q, k_cmp, v_cmp, config)
+    o_slc, _ = selection_attention(q, k, v, block_indices, config)
+    o_swd, _ = window_attention(q, k, v, config)
+    return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_swd
+
+
+@pytest.mark.parametrize(("B", "T", "HKV", "G", "D", "dtype", "overrides", "cu"), CASES)
+def test_small_cases_match_reference(B, T, HKV, G, D, dtype, overrides, cu, poison_empty):
+    config = small_config(**overrides)
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device="cuda")
+    q, k, v, g = make_inputs(B, T, HKV, G, D, dtype, device="cuda")
+    o, aux = _forward(q, k, v, g, config, cu_seqlens)
+    ref = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices)
+    assert rel_err(o, ref) < 2e-2
+    do = torch.randn_like(o)
+    for got, want in zip(
+        torch.autograd.grad(o, (q, k, v, g), do), torch.autograd.grad(ref, (q, k, v, g), do), strict=True
+    ):
+        assert rel_err(got, want) < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("T", "HKV", "backward"),
+    [
+        pytest.param(1000, 2, True, id="T1000-HQ14"),
+        pytest.param(4096, 1, True, id="T4096-HQ7"),
+        pytest.param(16384, 2, False, id="T16384-HQ14-fwd"),
+    ],
+)
+def test_videonsa_geometry_flash_attention_rule(T, HKV, backward):
+    q, k, v, g = make_inputs(1, T, HKV, 7, 128, torch.bfloat16, device="cuda")
+    o, aux = _forward(q, k, v, g, VIDEONSA)
+    idx = aux.block_indices
+    with torch.set_grad_enabled(backward):
+        ref64 = nsa_reference(*(x.double() for x in (q, k, v, g)), VIDEONSA, block_indices=idx)
+        ref16 = _reference_in_dtype(q, k, v, g, VIDEONSA, idx)
+    assert rel_err(o, ref64) <= 2 * rel_err(ref16, ref64) + 1e-4
+    if not backward:
+        return
+    do = torch.randn_like(o)
+    got = torch.autograd.grad(o, (q, k, v, g), do)
+    want64 = torch.autograd.grad(ref64, (q, k, v, g), do.double())
+    want16 = torch.autograd.grad(ref16, (q, k, v, g), do)
+    for name, a, b, c in zip(("dq", "dk", "dv", "dgates"), got, want64, want16, strict=True):
+        assert rel_err(a, b) <= 2 * rel_err(c, b) + 1e-4, name
