@@ -137,3 +137,17 @@ def test_cached_continuation_with_new_video_matches_one_call():
             use_cache=True,
         )
     torch.testing.assert_close(torch.cat([head.logits, tail.logits], 1), one_call, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_keeps_routing_and_gradients():
+    batch = build_batch([PROMPT], seed=16)
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] == VIDEO, -100)
+    grads = []
+    for checkpointing in (False, True):
+        model = convert_to_nsa(tiny_model(seed=16), SMALL).train()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        model(**batch, labels=labels).loss.backward()
+        grads.append(model.model.language_model.layers[1].self_attn.nsa_gate.g_proj_1.weight.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
