@@ -60,8 +60,10 @@ def format_table(rows: list[dict]) -> str:
     header = "| T | NSA reference fwd ms | NSA reference fwd+bwd ms | dense SDPA fwd ms | dense SDPA fwd+bwd ms |"
     lines = [header, "|---|---|---|---|---|"]
     for row in rows:
-        cells = [f"{m:.1f} ({lo:.1f}–{hi:.1f})" for m, lo, hi in
-                 (row["nsa_fwd"], row["nsa_fwdbwd"], row["dense_fwd"], row["dense_fwdbwd"])]
+        cells = [
+            f"{m:.1f} ({lo:.1f}-{hi:.1f})"
+            for m, lo, hi in (row["nsa_fwd"], row["nsa_fwdbwd"], row["dense_fwd"], row["dense_fwdbwd"])
+        ]
         lines.append(f"| {row['T']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -83,8 +85,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = NSAConfig(
-        compress_block=args.block, compress_stride=args.block, select_block=args.block,
-        num_selected=args.num_selected, window=args.window,
+        compress_block=args.block,
+        compress_stride=args.block,
+        select_block=args.block,
+        num_selected=args.num_selected,
+        window=args.window,
     )
     rows = [measure(T, args.heads, args.kv_heads, args.head_dim, config, args.repeats) for T in args.lengths]
     setup = (

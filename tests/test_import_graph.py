@@ -11,7 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ORCHESTRATION = {"prefect"}
 FORBIDDEN = {
     "nsa-kernels/src/nsa_kernels": {"nsa_core", "nsa_data", "nsa_train", "nsa_eval", *ORCHESTRATION},
-    "nsa-core/src/nsa_core": {"nsa_kernels", "nsa_data", "nsa_train", "nsa_eval", "ray", "mlflow", "dvc", *ORCHESTRATION},
+    "nsa-core/src/nsa_core": {
+        "nsa_kernels",
+        "nsa_data",
+        "nsa_train",
+        "nsa_eval",
+        "ray",
+        "mlflow",
+        "dvc",
+        *ORCHESTRATION,
+    },
     "data-pipeline/src/nsa_data": {"nsa_kernels", "nsa_train", "nsa_eval", *ORCHESTRATION},
     "training/src/nsa_train": {"nsa_kernels", "nsa_eval", *ORCHESTRATION},
     "evaluation/src/nsa_eval": {"nsa_kernels", "nsa_train", *ORCHESTRATION},

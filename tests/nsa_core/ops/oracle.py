@@ -95,7 +95,9 @@ def top_blocks(scores: Tensor, s: int, n: int, forced_initial: int, forced_local
             for h in range(HKV):
                 candidates = list(range(current + 1))
                 forced = {j for j in candidates if j < forced_initial or j > current - forced_local}
-                rest = sorted((j for j in candidates if j not in forced), key=lambda j: (-float(scores[b, t, h, j]), -j))
+                rest = sorted(
+                    (j for j in candidates if j not in forced), key=lambda j: (-float(scores[b, t, h, j]), -j)
+                )
                 chosen = sorted(forced) + rest
                 per_h.append(sorted(chosen[:n]))
             per_t.append(per_h)
@@ -123,10 +125,22 @@ def window_mask(B: int, HKV: int, T: int, w: int) -> Tensor:
     return mask
 
 
-def nsa_oracle(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, l: int, d: int, s: int, n: int, w: int,
-               forced_initial: int = 1, forced_local: int = 2, branches=("cmp", "slc", "swd")) -> dict:
+def nsa_oracle(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    l: int,
+    d: int,
+    s: int,
+    n: int,
+    w: int,
+    forced_initial: int = 1,
+    forced_local: int = 2,
+    branches=("cmp", "slc", "swd"),
+) -> dict:
     """All branches and the gated output of one batch of unpacked sequences, in float64."""
-    B, T, HQ, D = q.shape
+    B, T, _, D = q.shape
     HKV = k.shape[2]
     scale = D**-0.5
     k_cmp, v_cmp = compress(k, l, d), compress(v, l, d)
@@ -140,5 +154,10 @@ def nsa_oracle(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, l: int, d: int, s
     outputs = {"cmp": o_cmp, "slc": o_slc, "swd": o_swd}
     column = {"cmp": 0, "slc": 1, "swd": 2}
     o = sum(gates[..., column[c], None].double() * outputs[c] for c in branches)
-    return {"o": o, "outputs": outputs, "lse": {"cmp": lse_cmp, "slc": lse_slc, "swd": lse_swd},
-            "scores": scores, "blocks": blocks}
+    return {
+        "o": o,
+        "outputs": outputs,
+        "lse": {"cmp": lse_cmp, "slc": lse_slc, "swd": lse_swd},
+        "scores": scores,
+        "blocks": blocks,
+    }

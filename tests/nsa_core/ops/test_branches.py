@@ -39,7 +39,9 @@ def _inputs(B, T, HQ, HKV, D):
 
 def _close(actual, expected, atol=1e-10):
     both_inf = torch.isinf(actual) & torch.isinf(expected) & (actual.sign() == expected.sign())
-    torch.testing.assert_close(torch.where(both_inf, 0, actual), torch.where(both_inf, 0, expected), atol=atol, rtol=1e-9)
+    torch.testing.assert_close(
+        torch.where(both_inf, 0, actual), torch.where(both_inf, 0, expected), atol=atol, rtol=1e-9
+    )
 
 
 @pytest.mark.parametrize(("B", "T", "HQ", "HKV", "D", "l", "d", "s", "n", "w"), SHAPES)
@@ -76,8 +78,13 @@ def test_branches_match_oracle(B, T, HQ, HKV, D, l, d, s, n, w):
 
 @pytest.mark.parametrize(
     ("l", "d", "s"),
-    [pytest.param(32, 16, 64, id="paper"), pytest.param(64, 64, 64, id="videonsa"), pytest.param(24, 8, 16, id="odd"),
-     pytest.param(16, 16, 64, id="l<s"), pytest.param(64, 32, 32, id="l>s")],
+    [
+        pytest.param(32, 16, 64, id="paper"),
+        pytest.param(64, 64, 64, id="videonsa"),
+        pytest.param(24, 8, 16, id="odd"),
+        pytest.param(16, 16, 64, id="l<s"),
+        pytest.param(64, 32, 32, id="l>s"),
+    ],
 )
 def test_overlap_weights_match_token_count(l, d, s):
     config = NSAConfig(compress_block=l, compress_stride=d, select_block=s, num_selected=4, forced_local=1)
@@ -106,7 +113,9 @@ def test_non_power_of_two_count_selects_exactly_n():
 
 
 def test_forced_blocks_always_present_and_fewer_visible_takes_all():
-    config = NSAConfig(select_block=8, num_selected=5, compress_block=8, compress_stride=8, forced_initial=1, forced_local=2)
+    config = NSAConfig(
+        select_block=8, num_selected=5, compress_block=8, compress_stride=8, forced_initial=1, forced_local=2
+    )
     T, ns = 8 * 40, 40
     scores = torch.rand(2, T, 3, ns, dtype=torch.float64)
     scores[..., 0] = -1.0

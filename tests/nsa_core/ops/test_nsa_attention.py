@@ -62,7 +62,9 @@ def test_causality_future_tokens_do_not_change_the_past(t):
     o2, aux2 = nsa_attention(q2, k2, v2, gates2, SMALL, return_aux=True)
     torch.testing.assert_close(o2[:, : t + 1], o[:, : t + 1], atol=1e-12, rtol=0)
     for branch in ("cmp", "slc", "swd"):
-        torch.testing.assert_close(aux2.outputs[branch][:, : t + 1], aux.outputs[branch][:, : t + 1], atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            aux2.outputs[branch][:, : t + 1], aux.outputs[branch][:, : t + 1], atol=1e-12, rtol=0
+        )
     assert torch.equal(aux2.block_indices[:, : t + 1], aux.block_indices[:, : t + 1])
 
 
@@ -83,9 +85,7 @@ def test_varlen_packed_equals_each_sequence_alone():
 
 @pytest.mark.parametrize("branches", [("cmp",), ("slc",), ("swd",), ("cmp", "slc", "swd")], ids="-".join)
 def test_gradcheck_float64(branches):
-    config = NSAConfig(
-        compress_block=4, compress_stride=4, select_block=4, num_selected=3, window=5, branches=branches
-    )
+    config = NSAConfig(compress_block=4, compress_stride=4, select_block=4, num_selected=3, window=5, branches=branches)
     q, k, v, gates = _inputs(1, 18, 4, 2, 8, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *xs: nsa_attention(*xs, config), (q, k, v, gates), atol=1e-7)
 

@@ -25,8 +25,9 @@ BAD_INPUTS = [
     pytest.param(_replace(1, torch.randn(1, 16, 2, 8, 1)), {}, "k must have shape", id="k-rank"),
     pytest.param(_replace(2, torch.randn(1, 16, 1, 8)), {}, "k and v must have the same shape", id="kv-mismatch"),
     pytest.param(_replace(0, torch.randn(1, 16, 3, 8)), {}, "multiple of the KV heads", id="heads-not-divisible"),
-    pytest.param([_good()[0], torch.randn(1, 15, 2, 8), torch.randn(1, 15, 2, 8), _good()[3]], {}, "k/v shape",
-                 id="kv-length"),
+    pytest.param(
+        [_good()[0], torch.randn(1, 15, 2, 8), torch.randn(1, 15, 2, 8), _good()[3]], {}, "k/v shape", id="kv-length"
+    ),
     pytest.param(_replace(1, torch.randn(1, 16, 2, 8, dtype=torch.float64)), {}, "k has dtype", id="k-dtype"),
     pytest.param(_replace(3, torch.rand(1, 16, 4, 2)), {}, "gates must have shape", id="gates-shape"),
     pytest.param(_replace(3, torch.rand(1, 16, 4)), {}, "gates must have shape", id="gates-rank"),
@@ -34,12 +35,21 @@ BAD_INPUTS = [
     pytest.param(_good(), {"cu_seqlens": torch.tensor([0, 9, 15])}, "end at T=16", id="cu-end"),
     pytest.param(_good(), {"cu_seqlens": torch.tensor([0.0, 16.0])}, "cu_seqlens must be", id="cu-dtype"),
     pytest.param(_good(), {"block_indices": torch.zeros(1, 16, 2, 2)}, "int32 or int64", id="indices-dtype"),
-    pytest.param(_good(), {"block_indices": torch.zeros(1, 16, 4, 2, dtype=torch.int32)}, "block_indices must have",
-                 id="indices-shape"),
-    pytest.param(_good(), {"block_indices": torch.full((1, 16, 2, 2), 9, dtype=torch.int32)}, "must lie in",
-                 id="indices-range"),
-    pytest.param(_good(), {"block_indices": torch.zeros(1, 16, 2, 2, dtype=torch.int32)}, "repeats a block",
-                 id="indices-duplicate"),
+    pytest.param(
+        _good(),
+        {"block_indices": torch.zeros(1, 16, 4, 2, dtype=torch.int32)},
+        "block_indices must have",
+        id="indices-shape",
+    ),
+    pytest.param(
+        _good(), {"block_indices": torch.full((1, 16, 2, 2), 9, dtype=torch.int32)}, "must lie in", id="indices-range"
+    ),
+    pytest.param(
+        _good(),
+        {"block_indices": torch.zeros(1, 16, 2, 2, dtype=torch.int32)},
+        "repeats a block",
+        id="indices-duplicate",
+    ),
     pytest.param(_good(), {"backend": "nope"}, "backend='nope' is not registered", id="unknown-backend"),
 ]
 

@@ -43,8 +43,14 @@ class Tracker:
     """The null tracker: accepts every call and records nothing. Subclasses record."""
 
     @contextlib.contextmanager
-    def run(self, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-            nested: bool = False) -> Iterator[str | None]:
+    def run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        nested: bool = False,
+    ) -> Iterator[str | None]:
         """Open a run (nested inside the active one if ``nested``); yields its id (``None`` here)."""
         yield None
 
@@ -106,8 +112,14 @@ class MLflowTracker(Tracker):
         self.tracking_uri = uri
 
     @contextlib.contextmanager
-    def run(self, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-            nested: bool = False) -> Iterator[str | None]:
+    def run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        nested: bool = False,
+    ) -> Iterator[str | None]:
         with self._mlflow.start_run(run_name=name, nested=nested, tags={**provenance_tags(), **(tags or {})}) as run:
             if params:
                 self.log_params(params)

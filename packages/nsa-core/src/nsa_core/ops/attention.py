@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -12,7 +14,12 @@ from nsa_core.ops.types import NSAAux
 
 
 def _check_inputs(
-    q: Tensor, k: Tensor, v: Tensor, gates: Tensor, config: NSAConfig, cu_seqlens: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    config: NSAConfig,
+    cu_seqlens: Tensor | None,
     block_indices: Tensor | None,
 ) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -53,17 +60,23 @@ def _check_cu_seqlens(cu_seqlens: Tensor, B: int, T: int, device: torch.device) 
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != T:
         raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} … {bounds[-1]}")
-    if any(b < a for a, b in zip(bounds[:-1], bounds[1:], strict=True)):
+    if any(b < a for a, b in itertools.pairwise(bounds)):
         raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
 
 
 def _check_block_indices(
-    block_indices: Tensor, B: int, T: int, HKV: int, config: NSAConfig, cu_seqlens: Tensor | None,
+    block_indices: Tensor,
+    B: int,
+    T: int,
+    HKV: int,
+    config: NSAConfig,
+    cu_seqlens: Tensor | None,
     device: torch.device,
 ) -> None:
     if block_indices.dim() != 4 or tuple(block_indices.shape[:3]) != (B, T, HKV):
-        raise ValueError(f"block_indices must have shape [B, T, HKV, n] = [{B}, {T}, {HKV}, n], "
-                         f"got {tuple(block_indices.shape)}")
+        raise ValueError(
+            f"block_indices must have shape [B, T, HKV, n] = [{B}, {T}, {HKV}, n], got {tuple(block_indices.shape)}"
+        )
     if block_indices.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"block_indices must be int32 or int64, got {block_indices.dtype}")
     if block_indices.device != device:
@@ -71,8 +84,10 @@ def _check_block_indices(
     longest = T if cu_seqlens is None else int(cu_seqlens.diff().max())
     limit = num_selection_blocks(longest, config)
     if block_indices.numel() and (int(block_indices.min()) < -1 or int(block_indices.max()) >= limit):
-        raise ValueError(f"block_indices must lie in [-1, {limit}) (-1 = empty slot), "
-                         f"got [{int(block_indices.min())}, {int(block_indices.max())}]")
+        raise ValueError(
+            f"block_indices must lie in [-1, {limit}) (-1 = empty slot), "
+            f"got [{int(block_indices.min())}, {int(block_indices.max())}]"
+        )
     ordered = block_indices.sort(-1).values
     if ((ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)).any():
         raise ValueError("block_indices repeats a block within one row; each block may be selected once")

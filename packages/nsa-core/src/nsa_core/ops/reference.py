@@ -17,6 +17,7 @@ selection never materialises a T×T mask: memory is O(C·S·s·D) per chunk.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -372,7 +373,7 @@ def nsa_reference(
         return (o.to(out_dtype), aux) if return_aux else o.to(out_dtype)
     bounds = cu_seqlens.tolist()
     pieces = []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in itertools.pairwise(bounds):
         if end == start:
             continue
         part = slice(start, end)
