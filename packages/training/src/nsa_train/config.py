@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from nsa_core import NSAConfig
 from nsa_core.tracking import TrackingConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Frozen(BaseModel):
@@ -45,7 +46,8 @@ class TinyModelConfig(_Frozen):
     def _check(self) -> TinyModelConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
@@ -65,7 +67,7 @@ class ModelConfig(_Frozen):
     tiny: TinyModelConfig = TinyModelConfig()
     """Shape of the tiny model (``source: tiny``)."""
     nsa: NSAConfig = NSAConfig()
-    """NSA operator settings for the vision rows (VideoNSA: 64/64 compression, 32×64 selection, window 256)."""
+    """NSA operator settings for the vision rows (VideoNSA: 64/64 compression, 32x64 selection, window 256)."""
     gate: Literal["mlp", "linear"] = "mlp"
     """Gate module (VideoNSA: the 2-layer MLP)."""
     attention: Literal["nsa", "dense"] = "nsa"
@@ -134,11 +136,11 @@ class LoopConfig(_Frozen):
     epochs: int = Field(1, ge=1)
     """Passes over the data (VideoNSA: 1)."""
     max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps (also sets the schedule length); ``None``: epochs × steps per epoch."""
+    """Stop after this many optimizer steps (also sets the schedule length); ``None``: epochs x steps per epoch."""
     micro_batch_size: int = Field(1, ge=1)
     """Examples per forward pass and rank."""
     grad_accum: int = Field(1, ge=1)
-    """Micro-batches per optimizer step and rank (global batch = micro × accum × world size)."""
+    """Micro-batches per optimizer step and rank (global batch = micro x accum x world size)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 autocast on GPU with fp32 master weights, fp32 on CPU."""
     log_every: int = Field(1, ge=1)
@@ -184,7 +186,9 @@ class TrainConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.data.tokenizer == "pretrained" and self.model.source != "pretrained":
-            raise ValueError("data.tokenizer 'pretrained' needs model.source 'pretrained' (the tokenizer comes from it)")
+            raise ValueError(
+                "data.tokenizer 'pretrained' needs model.source 'pretrained' (the tokenizer comes from it)"
+            )
         return self
 
     def resolved_output_dir(self) -> Path:

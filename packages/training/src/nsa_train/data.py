@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from nsa_data.dataset import ShardDataset
 from nsa_data.text import VideoQATokenizer, build_training_example, collate, corpus_texts
-
 from nsa_train.config import DataConfig, ModelConfig
 
 

@@ -55,7 +55,9 @@ def train_with_ray(config: TrainConfig, resume: bool = False, ray_init: dict[str
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
     except ImportError as error:
-        raise ValueError("the Ray launcher needs Ray Train: install nsa-train[ray] or use --launcher torchrun") from error
+        raise ValueError(
+            "the Ray launcher needs Ray Train: install nsa-train[ray] or use --launcher torchrun"
+        ) from error
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         ray.init(**{"include_dashboard": False, **(ray_init or {})})

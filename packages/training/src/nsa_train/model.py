@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from nsa_core.models.qwen2_5_vl import convert_to_nsa, load_nsa_model
-from nsa_data.text import VideoQATokenizer
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from nsa_core.models.qwen2_5_vl import convert_to_nsa, load_nsa_model
+from nsa_data.text import VideoQATokenizer
 from nsa_train.config import ModelConfig, TinyModelConfig
 
 PartName = Literal["vision", "merger", "llm", "gates"]

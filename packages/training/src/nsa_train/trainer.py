@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from nsa_core.tracking import Tracker, choose_tracker
-from nsa_data.text import VideoQATokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
+from nsa_core.tracking import Tracker, choose_tracker
+from nsa_data.text import VideoQATokenizer
 from nsa_train.checkpoint import TrainState, checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from nsa_train.config import TrainConfig
 from nsa_train.data import ExampleDataset, SampleOrder, build_tokenizer, open_dataset
@@ -151,8 +151,8 @@ def _train(config: TrainConfig, info: RankInfo, resume: bool, on_step: StepCallb
     steps_per_epoch = order.steps_per_epoch(loop.grad_accum)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"{len(dataset)} examples give no full optimizer step at micro_batch_size {loop.micro_batch_size} × "
-            f"grad_accum {loop.grad_accum} × {info.world_size} ranks; lower loop.grad_accum or add data"
+            f"{len(dataset)} examples give no full optimizer step at micro_batch_size {loop.micro_batch_size} x "
+            f"grad_accum {loop.grad_accum} x {info.world_size} ranks; lower loop.grad_accum or add data"
         )
     total = loop.max_steps or loop.epochs * steps_per_epoch
 
