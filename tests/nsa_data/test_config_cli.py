@@ -87,3 +87,12 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "nsa-data"
     out = subprocess.run([str(script), "check-params", str(REPO / "params.yaml")], capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["ok"]
+
+
+def test_lazy_exports_resolve() -> None:
+    import nsa_data
+
+    for name in nsa_data.__all__:
+        assert getattr(nsa_data, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute"):
+        nsa_data.does_not_exist  # noqa: B018

@@ -42,7 +42,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _shard_files(out: Path) -> list[Path]:
-    return sorted((out / "shards").glob("*.safetensors"))
+    return sorted(p for p in (out / "shards").glob("*.safetensors") if not p.name.startswith("."))
 
 
 def test_every_row_is_indexed_or_rejected(manifest: Path, tmp_path: Path) -> None:

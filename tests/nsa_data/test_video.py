@@ -167,3 +167,16 @@ def test_garbled_payload_raises_or_decodes_fully(make_clip) -> None:
         assert err.kind in {"corrupt", "truncated", "unreadable"}
     else:
         assert sampled.frames.shape[0] == 20
+
+
+def test_keyframe_seeking_matches_sequential_decoding(make_clip) -> None:
+    clip = make_clip(num=320, fps=8.0, height=56, width=56, gop=8)
+    info = probe_video(clip)
+    assert info.keyframes.tolist() == list(range(0, 320, 8))
+    config = SamplingConfig(max_frames=8)
+    seeking = sample_video(clip, config)
+    sequential = sample_video(clip, config.model_copy(update={"seek": False}))
+    assert seeking.frame_indices.tolist() == np.round(np.linspace(0, 319, 8)).astype(int).tolist()
+    np.testing.assert_array_equal(seeking.frames, sequential.frames)
+    marks = seeking.frames[:, :4, :4].mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(marks, (seeking.frame_indices * 37) % 256, atol=6)

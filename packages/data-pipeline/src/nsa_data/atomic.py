@@ -20,11 +20,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         target: Final file path. Its folder is created if needed.
 
     Yields:
-        The temporary path to write to (same folder, hidden name, same suffix).
+        The temporary path to write to (same folder, hidden name ending in ``.tmp``, so globs for the final
+        suffix never match a half-written file).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

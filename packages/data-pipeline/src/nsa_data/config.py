@@ -48,6 +48,9 @@ class SamplingConfig(_Frozen):
     index for constant-frame-rate streams and time for variable-frame-rate ones."""
     apply_rotation: bool = True
     """Rotate frames by the container's display-matrix rotation, as players and ffmpeg do."""
+    seek: bool = True
+    """Jump to the next keyframe when a whole GOP holds no sampled frame (long videos, few frames); the decoded
+    frames are the same as with one sequential pass."""
     decode_threads: int = Field(0, ge=0)
     """FFmpeg decoder threads; 0 lets FFmpeg choose."""
 

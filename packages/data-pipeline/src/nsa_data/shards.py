@@ -169,7 +169,7 @@ def prepare_shards(
                 bar.update()
     bar.close()
     for stale in shard_dir.glob("*.safetensors"):
-        if stale.name not in metas:
+        if stale.name not in metas and not stale.name.startswith("."):
             stale.unlink()
     records, rejects = _index_records(rows, manifest, video_root, key_of, failed, metas)
     _write_index(records, out_dir)

@@ -36,6 +36,8 @@ class VideoInfo:
         times: ``[N]`` presentation times in seconds from the first frame, sorted.
         is_cfr: Whether frame intervals are constant up to timestamp rounding.
         codec: Decoder name.
+        ticks: ``[N]`` sorted presentation timestamps in the stream's time base.
+        keyframes: Sorted presentation-order indices of keyframes (seek points).
     """
 
     path: str
@@ -47,6 +49,8 @@ class VideoInfo:
     times: np.ndarray = field(repr=False)
     is_cfr: bool
     codec: str
+    ticks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    keyframes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -84,12 +88,15 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = _video_stream(container, path)
         tb = float(stream.time_base) if stream.time_base else 0.0
         stamps: list[int] = []
+        keys: list[int] = []
         try:
             for packet in container.demux(stream):
-                if packet.size == 0:
+                if packet.size == 0 or packet.is_discard:
                     continue
                 stamp = packet.pts if packet.pts is not None else packet.dts
                 stamps.append(stamp if stamp is not None else (stamps[-1] + 1 if stamps else 0))
+                if packet.is_keyframe:
+                    keys.append(stamps[-1])
         except av.error.FFmpegError as err:
             raise VideoReadError(path, "corrupt", f"demuxing failed after {len(stamps)} packets ({err})") from err
         if not stamps:
@@ -113,6 +120,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             times=times.astype(np.float64),
             is_cfr=bool(is_cfr),
             codec=str(ctx.name),
+            ticks=ticks,
+            keyframes=np.unique(np.searchsorted(ticks, np.asarray(keys, dtype=np.int64))).astype(np.int64),
         )
 
 
@@ -209,6 +218,61 @@ class SampledVideo:
         return t * h * w // (self.config.merge_size**2)
 
 
+class _Decoded:
+    """Frames collected so far by :func:`_decode_wanted`."""
+
+    def __init__(self, wanted: np.ndarray, config: SamplingConfig) -> None:
+        self.wanted, self.config = wanted, config
+        self.slot = {int(i): k for k, i in enumerate(wanted)}
+        self.kept: np.ndarray | None = None
+        self.rotation, self.target, self.last = 0, (0, 0), -1
+        self.missing = len(wanted)
+
+    def add(self, frame: av.VideoFrame, index: int) -> None:
+        self.last = index
+        if self.kept is None:
+            self.rotation = int(frame.rotation or 0) if self.config.apply_rotation else 0
+            h, w = (frame.width, frame.height) if self.rotation % 180 else (frame.height, frame.width)
+            c = self.config
+            self.target = smart_resize(h, w, c.factor, c.min_pixels, c.max_pixels)
+            self.kept = np.empty((len(self.wanted), *self.target, 3), dtype=np.uint8)
+        k = self.slot.pop(index, None)
+        if k is not None:
+            self.kept[k] = resize_frame(_to_rgb(frame, self.config.apply_rotation), *self.target)
+            self.missing -= 1
+
+
+def _decode_wanted(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    info: VideoInfo,
+    state: _Decoded,
+    seek: bool,
+) -> None:
+    """Decode in presentation order, jumping to a keyframe whenever a whole GOP holds no wanted frame."""
+    keys = info.keyframes if seek and len(info.keyframes) > 1 else np.zeros(0, np.int64)
+    pending = iter(state.wanted.tolist())
+    goal = next(pending)
+    floor, last_seek = 0, 0
+    while True:
+        for frame in container.decode(stream):
+            i = int(np.searchsorted(info.ticks, frame.pts)) if frame.pts is not None else state.last + 1
+            if i < floor:
+                continue
+            state.add(frame, i)
+            while goal is not None and goal <= i:
+                goal = next(pending, None)
+            if goal is None:
+                return
+            k = int(keys[np.searchsorted(keys, goal, side="right") - 1]) if len(keys) else 0
+            if k > i + 1 and k > last_seek:
+                break
+        else:
+            return
+        container.seek(int(info.ticks[k]), stream=stream, backward=True, any_frame=False)
+        floor = last_seek = k
+
+
 def sample_video(path: str | Path, config: SamplingConfig | None = None) -> SampledVideo:
     """Decode, sample, rotate and smart-resize one video in a single streaming pass.
 
@@ -228,38 +292,29 @@ def sample_video(path: str | Path, config: SamplingConfig | None = None) -> Samp
     info = probe_video(path)
     indices = frame_indices(info, config)
     wanted = np.unique(indices)
-    slot = {int(i): k for k, i in enumerate(wanted)}
-    kept: np.ndarray | None = None
-    rotation, decoded, target = 0, 0, (0, 0)
+    state = _Decoded(wanted, config)
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = config.decode_threads
         try:
-            for frame in container.decode(stream):
-                i = decoded
-                decoded += 1
-                if i == 0:
-                    rotation = int(frame.rotation or 0) if config.apply_rotation else 0
-                    h, w = (frame.width, frame.height) if rotation % 180 else (frame.height, frame.width)
-                    target = smart_resize(h, w, config.factor, config.min_pixels, config.max_pixels)
-                    kept = np.empty((len(wanted), *target, 3), dtype=np.uint8)
-                if i in slot:
-                    kept[slot[i]] = resize_frame(_to_rgb(frame, config.apply_rotation), *target)
-                if i >= wanted[-1]:
-                    break
+            _decode_wanted(container, stream, info, state, config.seek)
         except av.error.FFmpegError as err:
             raise VideoReadError(
-                path, "corrupt", f"decoding failed at frame {decoded} of {info.frames} ({err})"
+                path, "corrupt", f"decoding failed near frame {state.last} of {info.frames} ({err})"
             ) from err
         except ValueError as err:
             raise VideoReadError(path, "unreadable", str(err)) from err
-    if kept is None or decoded <= wanted[-1]:
+    if state.kept is None or state.missing:
         raise VideoReadError(
-            path, "truncated", f"decoded {decoded} frames but the stream index lists {info.frames}; the file ends early"
+            path,
+            "truncated",
+            f"{state.missing} sampled frames never decoded (stream index lists {info.frames} frames); "
+            "the file ends early",
         )
-    order = np.searchsorted(wanted, indices)
-    frames = pad_frames(kept[order], config.temporal_patch_size)
+    kept, rotation, target = state.kept, state.rotation, state.target
+    frames = kept if len(wanted) == len(indices) else kept[np.searchsorted(wanted, indices)]
+    frames = pad_frames(frames, config.temporal_patch_size)
     padded_indices = pad_frames(indices, config.temporal_patch_size)
     fps = len(indices) / info.duration
     grid = np.asarray(
