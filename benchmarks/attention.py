@@ -117,7 +117,7 @@ def variants(T: int) -> list[dict]:
     idx = aux["block_indices"]
     rows = []
     base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
-    for branch, settings in (("slc", [(16, 4), (32, 4), (64, 4)]), ("swd", [(64, 4), (128, 8)])):
+    for branch, settings in (("slc", [(16, 4), (64, 4), (64, 8)]), ("swd", [(64, 4), (128, 8)])):
         for block_m, warps in settings:
             nsa.TUNING[branch].update(block_m=block_m, num_warps=warps)
             kw = dict(branches=(branch,), block_indices=idx if branch == "slc" else None)

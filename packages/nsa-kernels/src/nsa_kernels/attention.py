@@ -461,6 +461,7 @@ def branch_bwd(
     accumulate_dq: bool,
     dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_m: int = 64,
+    dkv_block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,7 +469,8 @@ def branch_bwd(
 
     For ``SLC`` and ``SWD`` the dK/dV go into ``dkv`` (fp32 ``[1, N, HKV, D]`` pair; stored when
     ``dkv`` is ``None``, accumulated otherwise). For ``CMP`` they are the gradients of the compressed
-    keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges.
+    keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges. ``block_m`` sets the
+    rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -480,7 +482,7 @@ def branch_bwd(
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (dummy,) * 3
     S = blk_idx.shape[-1] if mode == SLC else 1
     common = dict(
-        HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, MODE=mode, C=C,
+        HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, MODE=mode, C=C,
         CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
         W=geometry["window"], num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
@@ -491,7 +493,7 @@ def branch_bwd(
             plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
             scale, scale * LOG2E,
             BN=BN_slc if mode == SLC else 64, S=S, NSP=max(triton.next_power_of_2(S), 2),
-            ACCUMULATE=accumulate_dq, **common,
+            BM=BM, ACCUMULATE=accumulate_dq, **common,
         )  # fmt: skip
     if mode == SLC:
         ktile_seq, ktile_start = plan["slc_blocks"]
@@ -516,7 +518,7 @@ def branch_bwd(
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1],
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
-            BN=BN, NSPLIT=nsplit, ACCUMULATE=accumulate, **common,
+            BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, ACCUMULATE=accumulate, **common,
         )  # fmt: skip
     if mode == CMP:
         return dkv[0].sum(0), dkv[1].sum(0)

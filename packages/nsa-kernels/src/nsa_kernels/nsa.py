@@ -32,7 +32,7 @@ GEOMETRY_KEYS = (
 )  # fmt: skip
 TUNING = {
     "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "slc": {"block_m": 16, "num_warps": 4, "num_stages": 2},
+    "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
 }
