@@ -1,0 +1,1 @@
+"""Prefect flows of the experiment pipeline; each task calls one library entry point."""
