@@ -96,6 +96,39 @@ def topk_fwd_kernel_scores(
         tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
+@triton.jit
+def topk_fwd_kernel_select(
+    scores,  # [M, HKV, NS] fp32 importance
+    t_rel,  # [M] position of each token inside its sequence
+    out,  # [M, HKV, S] int32
+    NS,
+    HKV: tl.constexpr,
+    S: tl.constexpr,
+    SP: tl.constexpr,
+    NSP: tl.constexpr,
+    SB: tl.constexpr,
+    FI: tl.constexpr,
+    FL: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    t = tl.load(t_rel + row // HKV)
+    j = tl.arange(0, NSP)
+    score = tl.load(scores + row * NS + j, mask=j < NS, other=0.0)
+    current = t // SB
+    visible = (j <= current) & (j < NS)
+    forced = (j < FI) | (j > current - FL)
+    bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True)).to(tl.int64)
+    key = tl.where(visible, (bits << 32) | j.to(tl.int64), -1)
+    ranked = tl.sort(key, descending=True)
+    nth = tl.max(tl.where(tl.arange(0, NSP) == S - 1, ranked, -1), 0)
+    chosen = visible & (key >= nth)
+    slot = tl.cumsum(chosen.to(tl.int32), 0) - 1
+    tl.store(out + row * S + slot, j, mask=chosen)
+    count = tl.sum(chosen.to(tl.int32), 0)
+    p = tl.arange(0, SP)
+    tl.store(out + row * S + p, tl.full([SP], -1, tl.int32), mask=(p >= count) & (p < S))
+
+
 def overlap_weights(nc: int, ns: int, *, compress_block: int, compress_stride: int, select_block: int, device):
     """``W [NC, NS]``: overlap of compressed block i with selection block j, in stride units (NSA Eq. 9)."""
     i = torch.arange(nc, device=device, dtype=torch.float64)[:, None] * compress_stride
@@ -113,22 +146,20 @@ def select_topk(
     forced_initial: int,
     forced_local: int,
 ) -> torch.Tensor:
-    """Exact top-n of ``scores [M, HKV, NS]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``."""
+    """Exact top-n of ``scores [M, HKV, NS]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
+
+    One program per (token, KV head) sorts its ``bits << 32 | block`` keys in registers, keeps those at
+    or above the n-th largest and writes their block ids in ascending order through a prefix sum.
+    """
     M, HKV, NS = scores.shape
-    j = torch.arange(NS, device=scores.device)
-    current = (t_rel // select_block)[:, None]
-    visible = (j[None, :] <= current)[:, None, :]
-    forced = ((j[None, :] < forced_initial) | (j[None, :] > current - forced_local))[:, None, :]
-    bits = scores.contiguous().view(torch.int32).long()
-    bits = torch.where(forced, 0x7F800000, bits)
-    key = torch.where(visible, (bits << 32) | j, -1)
-    k = min(num_selected, NS)
-    top = torch.topk(key, k, dim=-1, sorted=False).values
-    block = torch.where(top >= 0, top & 0xFFFFFFFF, NS).sort(-1).values
-    block = torch.where(block == NS, -1, block).to(torch.int32)
-    if k < num_selected:
-        block = torch.cat([block, block.new_full((M, HKV, num_selected - k), -1)], -1)
-    return block
+    out = torch.empty(M, HKV, num_selected, device=scores.device, dtype=torch.int32)
+    if M * HKV:
+        topk_fwd_kernel_select[(M * HKV,)](
+            scores.contiguous(), t_rel.contiguous(), out, NS,
+            HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
+            SB=select_block, FI=forced_initial, FL=forced_local,
+        )  # fmt: skip
+    return out
 
 
 def select_fwd(
