@@ -139,3 +139,17 @@ def test_bad_annotation_file(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(ManifestError, match=r"x\.json"):
         ingest([tmp_path / "x.json"], tmp_path / "m.parquet", progress=False)
+
+
+def test_cli_ingest_with_rule_override(annotations, capsys: pytest.CaptureFixture[str]) -> None:
+    from nsa_data.cli import main
+
+    llava, swift, root = annotations
+    out = root / "cli" / "manifest.parquet"
+    args = ["ingest", "--input", str(llava), "--input", str(swift), "--out", str(out), "--quiet"]
+    assert main([*args, "--set", "rules=[{rule: readable}]", "--video-root", str(root)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["rule"]["rule"] for r in report["rules"]] == ["readable"] and report["rows_kept"] == 8
+    assert len(read_manifest(out)) == 8
+    assert main([*args, "--set", "rules=[{rule: sharpness}]"]) == 2
+    assert "sharpness" in capsys.readouterr().err
