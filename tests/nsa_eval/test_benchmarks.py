@@ -174,5 +174,5 @@ def test_missing_field_names_file_and_field(tmp_path: Path):
 
 
 def test_missing_copy_says_where_to_point(tmp_path: Path):
-    with pytest.raises(TaskDataError, match="point task.root"):
+    with pytest.raises(TaskDataError, match=r"point task\.root"):
         get_task(TaskConfig(name="mlvu", root=str(tmp_path))).load()

@@ -37,7 +37,7 @@ def test_subprocess_executor_spreads_items_over_gpu_ids():
 
 def test_subprocess_executor_needs_gpu_ids(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(ValueError, match="executor.gpus"):
+    with pytest.raises(ValueError, match=r"executor\.gpus"):
         SubprocessGPUExecutor()
 
 
@@ -47,8 +47,9 @@ RAY_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from nsa_eval.executors import RayExecutor
     from tests.nsa_eval.test_executors import device_and_square
-    executor = RayExecutor(num_gpus_per_task=1, init_kwargs=dict(num_cpus=2, num_gpus=2,
-                           object_store_memory=512 * 1024 * 1024, runtime_env={{"env_vars": {{"PYTHONPATH": {root!r}}}}}))
+    init = dict(num_cpus=2, num_gpus=2, object_store_memory=512 * 1024 * 1024,
+                runtime_env={{"env_vars": {{"PYTHONPATH": {root!r}}}}})
+    executor = RayExecutor(num_gpus_per_task=1, init_kwargs=init)
     outcomes = executor.map(device_and_square, [1, 2, 3, -1])
     print("RESULT" + json.dumps([o.__dict__ for o in outcomes]))
     """
