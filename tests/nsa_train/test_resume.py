@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import torch
-from nsa_train.checkpoint import latest_checkpoint
 from safetensors.torch import load_file
+
+from nsa_train.checkpoint import latest_checkpoint
 
 DRIVER = """
 import os, signal, sys

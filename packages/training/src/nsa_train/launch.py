@@ -9,27 +9,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from nsa_train.config import TrainConfig
-from nsa_train.trainer import TrainResult, run_training
+from nsa_train.trainer import RESULT_FILE, TrainResult, run_training
 
 
 def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
-    config = TrainConfig.model_validate(loop_config["config"])
-    result = run_training(config, resume=loop_config["resume"])
-    ray.train.report(
-        {
-            **result.final_metrics,
-            "output_dir": str(result.output_dir),
-            "model_dir": str(result.model_dir),
-            "checkpoint_dir": str(result.checkpoint_dir or ""),
-            "run_id": result.run_id or "",
-        }
-    )
+    result = run_training(TrainConfig.model_validate(loop_config["config"]), resume=loop_config["resume"])
+    ray.train.report(result.final_metrics)
 
 
 def train_with_ray(config: TrainConfig, resume: bool = False, ray_init: dict[str, Any] | None = None) -> TrainResult:
@@ -45,7 +35,7 @@ def train_with_ray(config: TrainConfig, resume: bool = False, ray_init: dict[str
             (e.g. ``{"num_cpus": 2, "include_dashboard": False, "object_store_memory": 512 * 2**20}``).
 
     Returns:
-        Rank 0's result.
+        Rank 0's result (read from ``<output_dir>/result.json``).
 
     Raises:
         ValueError: when Ray Train is not installed (``pip install nsa-train[ray]``).
@@ -71,15 +61,8 @@ def train_with_ray(config: TrainConfig, resume: bool = False, ray_init: dict[str
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu),
         run_config=RunConfig(name=config.name, storage_path=str(out / "ray")),
     )
-    metrics = dict(trainer.fit().metrics or {})
-    checkpoint = metrics.pop("checkpoint_dir", "")
-    return TrainResult(
-        output_dir=Path(metrics.pop("output_dir")),
-        model_dir=Path(metrics.pop("model_dir")),
-        checkpoint_dir=Path(checkpoint) if checkpoint else None,
-        run_id=metrics.pop("run_id", "") or None,
-        final_metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-    )
+    trainer.fit()
+    return TrainResult.from_json((out / RESULT_FILE).read_text())
 
 
 def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:

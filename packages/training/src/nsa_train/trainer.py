@@ -42,6 +42,7 @@ from nsa_train.parallel import (
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -59,6 +60,24 @@ class TrainResult:
     """Metrics of the last optimizer step plus ``steps`` and ``wall_s``."""
     run_id: str | None = None
     """MLflow run id (``None`` without tracking)."""
+
+    def to_json(self) -> str:
+        """JSON form, written to ``<output_dir>/result.json`` at the end of a run."""
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+        return json.dumps(fields, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainResult:
+        """Inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        checkpoint = raw["checkpoint_dir"]
+        return cls(
+            Path(raw["output_dir"]),
+            Path(raw["model_dir"]),
+            Path(checkpoint) if checkpoint else None,
+            raw["final_metrics"],
+            raw["run_id"],
+        )
 
 
 def warmup_cosine(total: int, warmup_ratio: float, start_factor: float, min_ratio: float) -> Callable[[int], float]:
@@ -246,6 +265,8 @@ def _train(config: TrainConfig, info: RankInfo, resume: bool, on_step: StepCallb
         model_dir = _save_final_model(model, tokenizer, out, info)
         final = {**metrics, "steps": float(state.step), "wall_s": time.perf_counter() - started}
         if info.is_main:
-            (out / "final_metrics.json").write_text(json.dumps(final, indent=2))
             tracker.log_artifact(model_dir, "model")
-    return TrainResult(out, model_dir, last_checkpoint, final, run_id)
+    result = TrainResult(out, model_dir, last_checkpoint, final, run_id)
+    if info.is_main:
+        (out / RESULT_FILE).write_text(result.to_json())
+    return result
