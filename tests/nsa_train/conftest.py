@@ -52,6 +52,7 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
         "NSA_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
