@@ -138,3 +138,13 @@ def test_sigkill_leaves_only_complete_shards(tmp_path: Path) -> None:
     result = prepare_shards(bench, out, PrepareConfig(shard_size=1, num_workers=2), progress=False)
     assert result.shards_reused >= len(survivors) and result.rows == 16 and result.shards == 16
     assert not list((out / "shards").glob(".*"))
+
+
+def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
+    from nsa_data.atomic import write_text_atomic
+
+    write_text_atomic(tmp_path / "x.txt", "hello")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]

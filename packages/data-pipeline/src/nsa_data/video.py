@@ -249,7 +249,8 @@ def _decode_wanted(
     state: _Decoded,
     seek: bool,
 ) -> None:
-    """Decode in presentation order, jumping to a keyframe whenever a whole GOP holds no wanted frame."""
+    """Decode in presentation order; seek to the keyframe before the next wanted frame when that skips at least
+    one whole GOP (a seek costs about as much as decoding a few frames, so shorter jumps decode through)."""
     keys = info.keyframes if seek and len(info.keyframes) > 1 else np.zeros(0, np.int64)
     pending = iter(state.wanted.tolist())
     goal = next(pending)
@@ -264,8 +265,9 @@ def _decode_wanted(
                 goal = next(pending, None)
             if goal is None:
                 return
-            k = int(keys[np.searchsorted(keys, goal, side="right") - 1]) if len(keys) else 0
-            if k > i + 1 and k > last_seek:
+            j = int(np.searchsorted(keys, goal, side="right")) - 1
+            k = int(keys[j]) if j >= 1 else 0
+            if k > last_seek and keys[j - 1] > i:
                 break
         else:
             return
