@@ -3,7 +3,9 @@
 One process, one GPU. For each T: forward and forward+backward medians (``triton.testing.do_bench``,
 with p20/p80) of ours (all three branches and gates), SDPA cuDNN and flash (causal, ``enable_gqa``), and
 fla-core 0.6.0 ``parallel_nsa`` (cmp + slc, no window, query heads padded to 16 per KV head) when it
-imports; per-branch times of ours; TFLOP/s on the FLOPs each method executes (NSA cost model of
+imports; per-branch times of ours; selection variants (block-outer vs tile-outer, launch settings);
+on request a second, separately labelled structured (temporally smooth) input with the block-overlap
+statistics of both inputs; TFLOP/s on the FLOPs each method executes (NSA cost model of
 ``kernel-notes.md`` §3, dense causal for SDPA, 64 padded heads for fla); peak memory.
 
 Run: ``python benchmarks/attention.py --seqlens 8192 32768 65536 131072 --json out.json``.
@@ -49,13 +51,50 @@ def bench(fn, grad_inputs=None) -> tuple[float, float, float]:
     return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_inputs, warmup=25, rep=200))
 
 
-def inputs(T: int, heads: int = HQ):
+def inputs(T: int, heads: int = HQ, structured: bool = False):
+    """Random N(0, 1) q, k, v and U(0, 1) gates; ``structured``: q and k are temporally smooth instead
+    (linear interpolation of N(0, 1) anchors every 256 tokens plus 0.3 N(0, 1) noise), a video-like input
+    where neighbouring tokens select similar blocks. The random input is the headline."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, T, heads, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    k = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    v = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    g = torch.rand(1, T, heads, 3, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    return q, k, v, g
+    q = torch.randn(1, T, heads, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    g = torch.rand(1, T, heads, 3, device="cuda", dtype=torch.bfloat16, generator=gen)
+    if structured:
+        q, k = (smooth(x, gen) for x in (q, k))
+    return tuple(x.requires_grad_() for x in (q, k, v, g))
+
+
+def smooth(x, gen, period: int = 256, noise: float = 0.3):
+    T, H = x.shape[1], x.shape[2]
+    anchors = torch.randn(1, H * D, T // period + 2, device="cuda", generator=gen)
+    base = F.interpolate(anchors, scale_factor=period, mode="linear", align_corners=False)[..., :T]
+    base = base.reshape(H, D, T).permute(2, 0, 1)[None]
+    return (base + noise * x.float()).to(x.dtype)
+
+
+def union_stats(idx, tokens_per_tile: int = 9) -> dict:
+    """Overlap of the selected blocks ``[1, T, HKV, S]``: how much neighbouring tokens share.
+
+    ``union_per_tile``: mean distinct blocks over ``tokens_per_tile`` consecutive tokens (per KV head),
+    ``redundancy``: tile-outer block visits over exact selections (1 = no waste, 9 = no sharing),
+    ``sel_per_block``: mean and max selections per (KV head, block) (block-outer load balance)."""
+    idx = idx[0].long()
+    T, HKV, S = idx.shape
+    nt = T // tokens_per_tile
+    tiles = idx[: nt * tokens_per_tile].reshape(nt, tokens_per_tile, HKV, S).permute(0, 2, 1, 3).reshape(nt * HKV, -1)
+    srt = tiles.sort(-1).values
+    distinct = ((srt[:, 1:] != srt[:, :-1]) & (srt[:, 1:] >= 0)).sum(-1) + (srt[:, 0] >= 0).long()
+    valid = (idx >= 0).sum()
+    nb = int(idx.max()) + 1
+    key = (torch.arange(HKV, device=idx.device)[None, :, None] * nb + idx)[idx >= 0]
+    counts = torch.bincount(key, minlength=HKV * nb).float()
+    return {
+        "union_per_tile": float(distinct.float().mean()),
+        "redundancy": float(distinct.sum() * tokens_per_tile / valid.clamp_min(1)),
+        "sel_per_block_mean": float(counts.mean()),
+        "sel_per_block_max": float(counts.max()),
+    }
 
 
 def providers(T: int, fla) -> dict:
@@ -109,24 +148,53 @@ def branch_rows(T: int) -> list[dict]:
     return rows
 
 
-def variants(T: int) -> list[dict]:
-    """Selection (given indices) and window forward+backward under different tile heights."""
-    q, k, v, g = inputs(T)
+SLC_VARIANTS = [
+    ("tile", {}),
+    ("block", {}),
+    ("block", {"num_warps": 8}),
+    ("block", {"num_stages": 3}),
+    ("block", {"fwd_item": 576, "bwd_item": 2304}),
+]
+
+
+def variants(T: int, structured: bool = False) -> list[dict]:
+    """Selection forward and forward+backward (given indices) per algorithm and launch setting."""
+    q, k, v, g = inputs(T, structured=structured)
     with torch.no_grad():
         _, aux = nsa_func(q, k, v, g, **NSA, return_aux=True)
     idx = aux["block_indices"]
     rows = []
     base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
-    for branch, settings in (("slc", [(16, 4), (64, 4), (64, 8)]), ("swd", [(64, 4), (128, 8)])):
-        for block_m, warps in settings:
-            nsa.TUNING[branch].update(block_m=block_m, num_warps=warps)
-            kw = dict(branches=(branch,), block_indices=idx if branch == "slc" else None)
-            fn = lambda kw=kw: nsa_func(q, k, v, g, **{**NSA, **kw})  # noqa: E731
-            do = torch.randn_like(q)
-            rows.append({"T": T, "branch": branch, "block_m": block_m, "num_warps": warps, "fwd": bench(fn),
+    for algo, settings in SLC_VARIANTS:
+        nsa.SELECTION["algo"] = algo
+        nsa.TUNING["slc_block"].update(settings)
+        fn = lambda: nsa_func(q, k, v, g, **{**NSA, "branches": ("slc",), "block_indices": idx})  # noqa: E731
+        do = torch.randn_like(q)
+        try:
+            rows.append({"T": T, "structured": structured, "algo": algo, "settings": settings, "fwd": bench(fn),
                          "fwd_bwd": bench(lambda fn=fn, do=do: fn().backward(do), (q, k, v, g))})  # fmt: skip
-            nsa.TUNING.clear()
-            nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
+        except Exception as error:
+            print(f"T={T:>6} variant {algo} {settings} failed: {error!r}"[:400], flush=True)
+        nsa.SELECTION["algo"] = "block"
+        nsa.TUNING.clear()
+        nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
+    return rows
+
+
+def structured_rows(T: int) -> list[dict]:
+    """Ours on the structured input (fwd, fwd+bwd) and the overlap statistics of both inputs."""
+    rows = []
+    for structured in (False, True):
+        q, k, v, g = inputs(T, structured=structured)
+        with torch.no_grad():
+            _, aux = nsa_func(q, k, v, g, **NSA, return_aux=True)
+        row = {"T": T, "structured": structured, **union_stats(aux["block_indices"])}
+        if structured:
+            fn = lambda q=q, k=k, v=v, g=g: nsa_func(q, k, v, g, **NSA)  # noqa: E731
+            do = torch.randn_like(q)
+            row["fwd"] = bench(fn)
+            row["fwd_bwd"] = bench(lambda fn=fn, do=do: fn().backward(do), (q, k, v, g))
+        rows.append(row)
     return rows
 
 
@@ -135,6 +203,8 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--branches-at", type=int, nargs="*", default=[8192, 65536, 131072])
     parser.add_argument("--variants-at", type=int, nargs="*", default=[32768])
+    parser.add_argument("--structured-at", type=int, nargs="*", default=[])
+    parser.add_argument("--providers", nargs="*", default=None, help="subset of providers (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     try:
@@ -149,9 +219,11 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     print(env, flush=True)
-    results = {"env": env, "providers": [], "branches": [], "variants": []}
+    results = {"env": env, "providers": [], "branches": [], "variants": [], "structured": []}
     for T in args.seqlens:
         for name, (fn, grads, flops) in providers(T, fla).items():
+            if args.providers is not None and name not in args.providers:
+                continue
             torch.cuda.reset_peak_memory_stats()
             try:
                 fwd = bench(fn)
@@ -177,8 +249,12 @@ def main() -> None:
         if T in args.variants_at:
             for row in variants(T):
                 results["variants"].append(row)
-                print(f"T={T:>6} variant {row['branch']} block_m={row['block_m']} warps={row['num_warps']}  "
+                print(f"T={T:>6} slc variant {row['algo']} {row['settings']}  "
                       f"fwd {row['fwd'][0]:9.3f} ms  fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
+        if T in args.structured_at:
+            for row in structured_rows(T):
+                results["structured"].append(row)
+                print(f"T={T:>6} {'STRUCTURED' if row['structured'] else 'random'} input: {row}", flush=True)
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

@@ -5,7 +5,7 @@ never a T×T or T×NS mask: every table is O(N·HKV·S) at most.
 
 Shape legend:
     NSEQ packed sequences, N packed tokens, HKV KV heads, S selected blocks per query,
-    NT query tiles of TT tokens, NB selection blocks over all sequences.
+    NT query tiles of TT tokens, NB selection blocks over all sequences, NW work items.
 """
 
 from __future__ import annotations
@@ -85,14 +85,17 @@ def tile_union(block_indices: Tensor, tile_start: Tensor, cu_seqlens: Tensor, ti
     return offsets.to(torch.int32), idx[keep].to(torch.int32)
 
 
-def reverse_index(block_indices: Tensor, cu_seqlens: Tensor, select_block: int) -> tuple[Tensor, Tensor]:
+def reverse_index(
+    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, entries: bool = False
+) -> tuple[Tensor, Tensor]:
     """CSR of the tokens that selected each (KV head, selection block), tokens ascending.
 
     Built with one stable sort of the ``N·HKV·S`` (head, global block) keys, i.e. a counting sort.
 
     Returns:
         ``(offsets int32 [HKV·NB + 1], tokens int32 [nnz])``; row ``h·NB + b`` lists the tokens
-        whose KV head ``h`` selected global block ``b``.
+        whose KV head ``h`` selected global block ``b``. With ``entries`` the list holds the flat
+        position ``(t·HKV + h)·S + slot`` of each selection in ``block_indices`` instead of ``t``.
     """
     N, HKV, S = block_indices.shape
     seq, _ = positions(cu_seqlens, N)
@@ -107,7 +110,28 @@ def reverse_index(block_indices: Tensor, cu_seqlens: Tensor, select_block: int) 
     counts = torch.bincount(key, minlength=HKV * nb + 1)[: HKV * nb]
     offsets = torch.zeros(HKV * nb + 1, device=idx.device, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
-    return offsets.to(torch.int32), token[order][: int(offsets[-1])].to(torch.int32)
+    nnz = int(offsets[-1])
+    if entries:
+        return offsets.to(torch.int32), order[:nnz].to(torch.int32)
+    return offsets.to(torch.int32), token[order][:nnz].to(torch.int32)
+
+
+def work_chunks(offsets: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Split every CSR row into work items of at most ``chunk`` entries, items of a row consecutive.
+
+    Returns:
+        ``(item_row, item_lo, item_hi)`` int32 ``[NW]`` (entry range of each item) and
+        ``row_first`` int32 ``[rows + 1]``, the first item of each row.
+    """
+    lo, hi = offsets[:-1].long(), offsets[1:].long()
+    n = (hi - lo + chunk - 1) // chunk
+    first = torch.zeros(n.numel() + 1, device=offsets.device, dtype=torch.int64)
+    first[1:] = torch.cumsum(n, 0)
+    total = int(first[-1])
+    row = torch.repeat_interleave(torch.arange(n.numel(), device=offsets.device), n, output_size=total)
+    start = lo[row] + (torch.arange(total, device=offsets.device) - first[row]) * chunk
+    end = torch.minimum(start + chunk, hi[row])
+    return row.to(torch.int32), start.to(torch.int32), end.to(torch.int32), first.to(torch.int32)
 
 
 def compressed_offsets(cu_seqlens: Tensor, compress_block: int, compress_stride: int) -> Tensor:

@@ -24,6 +24,7 @@ from nsa_kernels.attention import CMP, SLC, SWD, branch_bwd, branch_fwd
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import block_table, compressed_offsets, reverse_index, tile_table, tile_union
 from nsa_kernels.pool import pool_bwd, pool_fwd
+from nsa_kernels.selection import selection_bwd, selection_fwd, selection_plan
 from nsa_kernels.topk import select_fwd
 
 BRANCHES = ("cmp", "slc", "swd")
@@ -33,10 +34,16 @@ GEOMETRY_KEYS = (
 TUNING = {
     "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "slc_block": {"block_m": 64, "num_warps": 4, "num_stages": 2, "fwd_item": 288, "bwd_item": 1152},
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
 }
-"""Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them."""
+"""Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
+
+``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per
+work item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``.
+"""
+SELECTION = {"algo": "block"}
 
 
 def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int) -> dict:
@@ -129,10 +136,21 @@ def nsa_fwd(
         else:
             block_indices = block_indices.reshape(B * T, HKV, -1).to(torch.int32).contiguous()
         out["block_indices"] = block_indices
-        plan = _with_selection(_plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, False)
-        out["outputs"]["slc"], out["lse"]["slc"] = branch_fwd(
-            q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
-        )
+        if SELECTION["algo"] == "block":
+            plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
+            tune = dict(TUNING["slc_block"])
+            sel = selection_plan(plan, block_indices, geometry["select_block"], tune.pop("fwd_item"))
+            del tune["bwd_item"]
+            out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
+                q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
+            )
+        else:
+            plan = _with_selection(
+                _plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, False
+            )
+            out["outputs"]["slc"], out["lse"]["slc"] = branch_fwd(
+                q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
+            )
     if "swd" in branches:
         plan = _plan(cu, HQ, HKV, geometry, TUNING["swd"]["block_m"])
         out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
@@ -166,7 +184,17 @@ def nsa_bwd(
     dkv = None
     accumulate = False
     common = dict(scale=scale, geometry=geometry)
-    if "slc" in branches:
+    if "slc" in branches and SELECTION["algo"] == "block":
+        plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
+        tune = dict(TUNING["slc_block"])
+        sel = selection_plan(plan, block_indices, geometry["select_block"], tune.pop("bwd_item"))
+        del tune["fwd_item"]
+        dkv = selection_bwd(
+            q, k, v, do, gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
+            select_block=geometry["select_block"], accumulate_dq=False, **tune,
+        )  # fmt: skip
+        accumulate = True
+    elif "slc" in branches:
         plan = _with_selection(_plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, True)
         dkv = branch_bwd(
             q,

@@ -3,10 +3,10 @@
 The importance kernel recomputes ``p = exp(q·k_cmp·scale - lse)`` over the visible compressed keys
 with the compression LSE already known, sums it over the G query heads of each token with one small
 MMA, and writes one row of compressed-level scores per (token, KV head) for a chunk of tokens. The
-selection is exact: scores are non-negative floats, so their bit patterns order like the values, and
-``bits << 32 | block`` is a 64-bit key whose largest ``n`` entries are the top-n with ties going to
-the more recent block; forced blocks get the bits of +inf. Chunking over tokens bounds the scratch
-memory to ``CHUNK_ELEMS`` keys, whatever T is.
+selection is exact: scores are non-negative floats, so their bit patterns order like the values; a
+bitwise binary search over the 31 pattern bits finds the n-th largest in registers (counting passes,
+no sort), ties at that value go to the more recent blocks, and forced blocks get the bits of +inf.
+Chunking over tokens bounds the scratch memory to ``CHUNK_ELEMS`` scores, whatever T is.
 
 Shape legend:
     N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim, NC compressed keys,
@@ -98,35 +98,52 @@ def topk_fwd_kernel_scores(
 
 @triton.jit
 def topk_fwd_kernel_select(
-    scores,  # [M, HKV, NS] fp32 importance
+    scores,  # [M, HKV, NCOL] fp32 importance; columns >= the token's complete blocks unread when CL > 0
     t_rel,  # [M] position of each token inside its sequence
     out,  # [M, HKV, S] int32
+    M,
     NS,
+    NCOL,
     HKV: tl.constexpr,
     S: tl.constexpr,
     SP: tl.constexpr,
     NSP: tl.constexpr,
+    R: tl.constexpr,
     SB: tl.constexpr,
     FI: tl.constexpr,
     FL: tl.constexpr,
+    CL: tl.constexpr,
+    CS: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    t = tl.load(t_rel + row // HKV)
+    rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    row_ok = rows < M * HKV
+    t = tl.load(t_rel + rows // HKV, mask=row_ok, other=0)
     j = tl.arange(0, NSP)
-    score = tl.load(scores + row * NS + j, mask=j < NS, other=0.0)
     current = t // SB
-    visible = (j <= current) & (j < NS)
-    forced = (j < FI) | (j > current - FL)
-    bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True)).to(tl.int64)
-    key = tl.where(visible, (bits << 32) | j.to(tl.int64), -1)
-    ranked = tl.sort(key, descending=True)
-    nth = tl.max(tl.where(tl.arange(0, NSP) == S - 1, ranked, -1), 0)
-    chosen = visible & (key >= nth)
-    slot = tl.cumsum(chosen.to(tl.int32), 0) - 1
-    tl.store(out + row * S + slot, j, mask=chosen)
-    count = tl.sum(chosen.to(tl.int32), 0)
+    visible = (j[None, :] <= current[:, None]) & (j[None, :] < NS) & row_ok[:, None]
+    written = j[None, :] < NCOL
+    if CL > 0:
+        written &= j[None, :] < tl.maximum((t + 1 - CL + CS) // CS, 0)[:, None]
+    score = tl.load(scores + rows[:, None] * NCOL + j[None, :], mask=visible & written, other=0.0)
+    forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
+    bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
+    bits = tl.where(visible, bits, -1)
+    v = tl.zeros([R], tl.int32)
+    for b in range(31):
+        cand = v | (1 << (30 - b))
+        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+        v = tl.where(above >= S, cand, v)
+    greater = bits > v[:, None]
+    tie = (bits == v[:, None]).to(tl.int32)
+    room = S - tl.sum(greater.to(tl.int32), 1)
+    from_top = tl.sum(tie, 1)[:, None] - tl.cumsum(tie, 1) + tie
+    chosen = greater | ((tie > 0) & (from_top <= room[:, None]))
+    slot = tl.cumsum(chosen.to(tl.int32), 1) - 1
+    tl.store(out + rows[:, None] * S + slot, j[None, :] + tl.zeros([R, NSP], tl.int32), mask=chosen)
+    count = tl.sum(chosen.to(tl.int32), 1)
     p = tl.arange(0, SP)
-    tl.store(out + row * S + p, tl.full([SP], -1, tl.int32), mask=(p >= count) & (p < S))
+    pad = (p[None, :] >= count[:, None]) & (p[None, :] < S) & row_ok[:, None]
+    tl.store(out + rows[:, None] * S + p[None, :], tl.full([R, SP], -1, tl.int32), mask=pad)
 
 
 def overlap_weights(nc: int, ns: int, *, compress_block: int, compress_stride: int, select_block: int, device):
@@ -145,19 +162,31 @@ def select_topk(
     select_block: int,
     forced_initial: int,
     forced_local: int,
+    num_blocks: int | None = None,
+    compress: tuple[int, int] | None = None,
+    rows_per_program: int = 4,
+    num_warps: int = 8,
 ) -> torch.Tensor:
-    """Exact top-n of ``scores [M, HKV, NS]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
+    """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
-    One program per (token, KV head) sorts its ``bits << 32 | block`` keys in registers, keeps those at
-    or above the n-th largest and writes their block ids in ascending order through a prefix sum.
+    Scores are non-negative, so their fp32 bit patterns order like the values. A program holds
+    ``rows_per_program`` rows in registers, finds the n-th largest pattern ``v`` by a bitwise binary
+    search (31 counting passes, no sort), keeps every pattern above ``v`` and, among those equal to ``v``,
+    the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
+    through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
+    the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
     """
-    M, HKV, NS = scores.shape
+    M, HKV, NCOL = scores.shape
+    NS = NCOL if num_blocks is None else num_blocks
     out = torch.empty(M, HKV, num_selected, device=scores.device, dtype=torch.int32)
+    R = rows_per_program
     if M * HKV:
-        topk_fwd_kernel_select[(M * HKV,)](
-            scores.contiguous(), t_rel.contiguous(), out, NS,
+        topk_fwd_kernel_select[(triton.cdiv(M * HKV, R),)](
+            scores.contiguous(), t_rel.contiguous(), out, M, NS, NCOL,
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
-            SB=select_block, FI=forced_initial, FL=forced_local,
+            R=R, SB=select_block, FI=forced_initial, FL=forced_local,
+            CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
+            num_warps=num_warps,
         )  # fmt: skip
     return out
 
@@ -196,24 +225,29 @@ def select_fwd(
     out = torch.empty(N, HKV, geometry["num_selected"], device=q.device, dtype=torch.int32)
     all_scores = torch.zeros(N, HKV, n_sel, device=q.device, dtype=torch.float32) if return_scores else None
     tiles_per_chunk = max(1, CHUNK_ELEMS // (TT * HKV * max(ncp, n_sel) * 2))
+    select = dict(
+        num_selected=geometry["num_selected"], select_block=SB,
+        forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
+    )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
         t_lo = int(tile_start[lo])
         t_hi = N if hi == tile_seq.numel() else int(tile_start[hi])
-        buf = torch.zeros(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
+        alloc = torch.empty if identity and not return_scores else torch.zeros
+        buf = alloc(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
         topk_fwd_kernel_scores[(hi - lo, HKV)](
             q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
             HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=64,
             TTP=max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, num_warps=num_warps,
         )  # fmt: skip
         if identity:
-            sel = torch.nn.functional.pad(buf, (0, n_sel - ncp)) if n_sel > ncp else buf[..., :n_sel]
+            out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=n_sel, compress=(CL, CS), **select)
+            if return_scores:
+                width = min(ncp, n_sel)
+                all_scores[t_lo:t_hi, :, :width] = buf[..., :width]
         else:
             sel = buf @ weights
-        out[t_lo:t_hi] = select_topk(
-            sel, t_rel[t_lo:t_hi], num_selected=geometry["num_selected"], select_block=SB,
-            forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        )  # fmt: skip
-        if return_scores:
-            all_scores[t_lo:t_hi] = sel
+            out[t_lo:t_hi] = select_topk(sel, t_rel[t_lo:t_hi], **select)
+            if return_scores:
+                all_scores[t_lo:t_hi] = sel
     return out, all_scores

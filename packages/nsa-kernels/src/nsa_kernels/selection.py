@@ -1,0 +1,408 @@
+"""Selection attention, block-outer: each selected K/V block is read once per work item, queries gathered.
+
+The tile-outer kernels of :mod:`nsa_kernels.attention` gather the K/V of every block a query tile
+selected; on inputs whose neighbouring tokens share few blocks that is ~1 MB of K/V per (token, KV head).
+Here a program owns one work item: a (KV head, selection block) and a slice of the CSR list of the
+selections of that block (:func:`nsa_kernels.index.reverse_index` with ``entries``), and visits its
+query rows TT tokens × G heads at a time, so only ~G·D query elements move per selection.
+
+Forward: every selection ``e = (t·HKV + h)·S + slot`` gets a partial output (softmax over the block
+alone, in the input dtype) and its base-2 LSE; a merge pass folds the S partials of each
+(token, KV head) in slot order. Backward: one pass recomputes P once per selection and yields the
+partial dQ of that selection (fp32) and the dK/dV partial sums of the work item; two reduce passes add
+them in a fixed order (slots ascending, work items ascending). No float atomics: deterministic.
+
+Shape legend:
+    N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim (BD its tile),
+    S selected blocks per query, E = N·HKV·S selections, NB selection blocks over all sequences,
+    SB selection block (BN its power of two), NW work items, BM rows per step (TT = BM // G tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from nsa_kernels.attention import LOG2E, _load_grad_rows, _load_keys, _load_rows
+from nsa_kernels.index import reverse_index, work_chunks
+
+
+@triton.jit
+def slc_fwd_kernel_block(
+    q,  # [N, HQ, D]
+    k,  # [N, HKV, D]
+    v,  # [N, HKV, D]
+    o_part,  # [E, G, D] input dtype
+    lse_part,  # [E, G] fp32, base 2
+    cu_seqlens,
+    blk_seq,  # [NB]
+    blk_start,  # [NB] first key of the block, relative to its sequence
+    csr_ent,  # [nnz] selections e, grouped by (KV head, block)
+    item_row,  # [NW] CSR row h·NB + b of each work item
+    item_lo,  # [NW]
+    item_hi,  # [NW]
+    NB,
+    scale2,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    SB: tl.constexpr,
+    S: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    TT: tl.constexpr = BM // G
+    row = tl.load(item_row + pid)
+    h = row // NB
+    b = row % NB
+    seq = tl.load(blk_seq + b)
+    k0 = tl.load(blk_start + b)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    lo = tl.load(item_lo + pid)
+    hi = tl.load(item_hi + pid)
+    d = tl.arange(0, BD)
+    kpos = k0 + tl.arange(0, BN)
+    k_ok = (tl.arange(0, BN) < SB) & (kpos < eos - bos)
+    kt = _load_keys(k, bos + kpos, d, k_ok, h, HKV, D)
+    vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+    r = tl.arange(0, BM)
+    tok = r // G
+    g = r % G
+    for base in range(lo, hi, TT):
+        row_ok = (tok < TT) & (base + tok < hi)
+        e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
+        t = e // (HKV * S)
+        qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
+        s = tl.dot(qt, tl.trans(kt)) * scale2
+        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+        s = tl.where(mask, s, float("-inf"))
+        m = tl.max(s, 1)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = tl.sum(p, 1)
+        acc = tl.dot(p.to(vt.dtype), vt)
+        has_key = l_i > 0
+        l_safe = tl.where(has_key, l_i, 1.0)
+        out_rows = e * G + g
+        tl.store(
+            o_part + out_rows[:, None] * D + d[None, :],
+            (acc / l_safe[:, None]).to(o_part.dtype.element_ty),
+            mask=row_ok[:, None] & (d[None, :] < D),
+        )
+        tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
+
+
+@triton.jit
+def slc_fwd_kernel_merge(
+    o_part,  # [E, G, D]
+    lse_part,  # [E, G] base 2
+    blk_idx,  # [N, HKV, S]
+    o,  # [N, HQ, D]
+    lse,  # [N, HQ] natural log
+    N,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    S: tl.constexpr,
+):
+    h = tl.program_id(1)
+    TT: tl.constexpr = BM // G
+    r = tl.arange(0, BM)
+    tok = r // G
+    g = r % G
+    t = (tl.program_id(0) * TT + tok).to(tl.int64)
+    row_ok = (tok < TT) & (t < N)
+    d = tl.arange(0, BD)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    for slot in range(S):
+        e = (t * HKV + h) * S + slot
+        ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
+        lp = tl.load(lse_part + e * G + g, mask=ok, other=float("-inf"))
+        op = tl.load(o_part + (e * G + g)[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
+        m_new = tl.maximum(m_i, lp)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        w = tl.exp2(lp - m_safe)
+        l_i = l_i * alpha + w
+        acc = acc * alpha[:, None] + w[:, None] * op.to(tl.float32)
+        m_i = m_new
+    has_key = l_i > 0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    head = h * G + g
+    tl.store(
+        o + t[:, None] * (HQ * D) + head[:, None] * D + d[None, :],
+        (acc / l_safe[:, None]).to(o.dtype.element_ty),
+        mask=row_ok[:, None] & (d[None, :] < D),
+    )
+    tl.store(lse + t * HQ + head, tl.where(has_key, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf")),
+             mask=row_ok)  # fmt: skip
+
+
+@triton.jit
+def slc_bwd_kernel_block(
+    q,  # [N, HQ, D]
+    k,  # [N, HKV, D]
+    v,  # [N, HKV, D]
+    do,  # [N, HQ, D]
+    gates,  # [N, HQ, 3]
+    lse,  # [N, HQ] natural log, of the selection branch
+    delta,  # [N, HQ]
+    dq_part,  # [E, G, D] fp32
+    dk_part,  # [NW, BN, D] fp32
+    dv_part,  # [NW, BN, D] fp32
+    cu_seqlens,
+    blk_seq,
+    blk_start,
+    csr_ent,
+    item_row,
+    item_lo,
+    item_hi,
+    NB,
+    scale,
+    scale2,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    SB: tl.constexpr,
+    S: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    TT: tl.constexpr = BM // G
+    row = tl.load(item_row + pid)
+    h = row // NB
+    b = row % NB
+    seq = tl.load(blk_seq + b)
+    k0 = tl.load(blk_start + b)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    lo = tl.load(item_lo + pid)
+    hi = tl.load(item_hi + pid)
+    d = tl.arange(0, BD)
+    n = tl.arange(0, BN)
+    kpos = k0 + n
+    k_ok = (n < SB) & (kpos < eos - bos)
+    kt = _load_keys(k, bos + kpos, d, k_ok, h, HKV, D)
+    vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+    dk_acc = tl.zeros([BN, BD], tl.float32)
+    dv_acc = tl.zeros([BN, BD], tl.float32)
+    r = tl.arange(0, BM)
+    tok = r // G
+    g = r % G
+    head = h * G + g
+    for base in range(lo, hi, TT):
+        row_ok = (tok < TT) & (base + tok < hi)
+        e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
+        t = e // (HKV * S)
+        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, 1, HQ, D)
+        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+        s = tl.dot(qt, tl.trans(kt)) * scale2
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
+        dp = tl.dot(dot, tl.trans(vt))
+        ds = (p * (dp - delta_row[:, None])).to(qt.dtype)
+        dk_acc += tl.dot(tl.trans(ds), qt)
+        dq = tl.dot(ds, kt) * scale
+        tl.store(dq_part + (e * G + g)[:, None] * D + d[None, :], dq, mask=row_ok[:, None] & (d[None, :] < D))
+    offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
+    io_mask = (n < BN)[:, None] & (d[None, :] < D)
+    tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
+    tl.store(dv_part + offs, dv_acc, mask=io_mask)
+
+
+@triton.jit
+def slc_bwd_kernel_reduce_dkv(
+    dk_part,  # [NW, BN, D]
+    dv_part,
+    row_first,  # [HKV·NB + 1] first work item of each CSR row
+    dk,  # [N, HKV, D] fp32
+    dv,
+    cu_seqlens,
+    blk_seq,
+    blk_start,
+    NB,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+    SB: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    seq = tl.load(blk_seq + b)
+    k0 = tl.load(blk_start + b)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    n = tl.arange(0, BN)
+    d = tl.arange(0, BD)
+    k_ok = (n < SB) & (k0 + n < eos - bos)
+    first = tl.load(row_first + h * NB + b)
+    last = tl.load(row_first + h * NB + b + 1)
+    dk_acc = tl.zeros([BN, BD], tl.float32)
+    dv_acc = tl.zeros([BN, BD], tl.float32)
+    part_mask = (n < BN)[:, None] & (d[None, :] < D)
+    for item in range(first, last):
+        offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
+        dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
+        dv_acc += tl.load(dv_part + offs, mask=part_mask, other=0.0)
+    offs = (bos + k0 + n).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
+    io_mask = k_ok[:, None] & (d[None, :] < D)
+    if ACCUMULATE:
+        dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
+        dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
+    tl.store(dk + offs, dk_acc, mask=io_mask)
+    tl.store(dv + offs, dv_acc, mask=io_mask)
+
+
+@triton.jit
+def slc_bwd_kernel_reduce_dq(
+    dq_part,  # [E, G, D] fp32
+    blk_idx,  # [N, HKV, S]
+    dq,  # [N, HQ, D] fp32
+    N,
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    S: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    h = tl.program_id(1)
+    TT: tl.constexpr = BM // G
+    r = tl.arange(0, BM)
+    tok = r // G
+    g = r % G
+    t = (tl.program_id(0) * TT + tok).to(tl.int64)
+    row_ok = (tok < TT) & (t < N)
+    d = tl.arange(0, BD)
+    acc = tl.zeros([BM, BD], tl.float32)
+    for slot in range(S):
+        e = (t * HKV + h) * S + slot
+        ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
+        acc += tl.load(dq_part + (e * G + g)[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
+    ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
+    io_mask = row_ok[:, None] & (d[None, :] < D)
+    if ACCUMULATE:
+        acc += tl.load(ptrs, mask=io_mask, other=0.0)
+    tl.store(ptrs, acc, mask=io_mask)
+
+
+def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int, tokens_per_item: int) -> dict:
+    """CSR of the selections per (KV head, block) and its work items of at most ``tokens_per_item`` rows."""
+    off, ent = reverse_index(block_indices, plan["cu_seqlens"], select_block, entries=True)
+    return {"entries": ent, "items": work_chunks(off, tokens_per_item), "block_indices": block_indices}
+
+
+def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
+    return max(block_m, triton.next_power_of_2(G), 16), max(triton.next_power_of_2(D), 16), select_block
+
+
+def selection_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    plan: dict,
+    sel: dict,
+    scale: float,
+    select_block: int,
+    block_m: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``."""
+    N, HQ, D = q.shape
+    HKV = k.shape[1]
+    G = HQ // HKV
+    BM, BD, SB = _sizes(G, D, select_block, block_m)
+    blk_idx = sel["block_indices"]
+    S = blk_idx.shape[-1]
+    item_row, item_lo, item_hi, _ = sel["items"]
+    blk_seq, blk_start = plan["slc_blocks"]
+    o_part = torch.empty(N * HKV * S, G, D, device=q.device, dtype=q.dtype)
+    lse_part = torch.empty(N * HKV * S, G, device=q.device, dtype=torch.float32)
+    common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
+    if item_row.numel():
+        slc_fwd_kernel_block[(item_row.numel(),)](
+            q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
+            item_row, item_lo, item_hi, blk_seq.numel(), scale * LOG2E,
+            BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
+        )  # fmt: skip
+    o = torch.empty_like(q)
+    lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
+    if N:
+        slc_fwd_kernel_merge[(triton.cdiv(N, BM // G), HKV)](o_part, lse_part, blk_idx, o, lse, N, **common)
+    return o, lse
+
+
+def selection_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    gates: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    dq: torch.Tensor,
+    *,
+    plan: dict,
+    sel: dict,
+    scale: float,
+    select_block: int,
+    accumulate_dq: bool,
+    dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_m: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV."""
+    N, HQ, D = q.shape
+    HKV = k.shape[1]
+    G = HQ // HKV
+    BM, BD, SB = _sizes(G, D, select_block, block_m)
+    BN = max(triton.next_power_of_2(SB), 16)
+    blk_idx = sel["block_indices"]
+    S = blk_idx.shape[-1]
+    item_row, item_lo, item_hi, row_first = sel["items"]
+    blk_seq, blk_start = plan["slc_blocks"]
+    NW = item_row.numel()
+    dq_part = torch.empty(N * HKV * S, G, D, device=q.device, dtype=torch.float32)
+    dk_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
+    dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
+    common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
+    if NW:
+        slc_bwd_kernel_block[(NW,)](
+            q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
+            sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), scale, scale * LOG2E,
+            HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, num_stages=num_stages, **common,
+        )  # fmt: skip
+    accumulate = dkv is not None
+    if dkv is None:
+        dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
+    if blk_seq.numel():
+        slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
+            dk_part, dv_part, row_first, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq, blk_start, blk_seq.numel(),
+            BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
+        )  # fmt: skip
+    if N:
+        slc_bwd_kernel_reduce_dq[(triton.cdiv(N, BM // G), HKV)](
+            dq_part, blk_idx, dq, N, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
+        )
+    return dkv
