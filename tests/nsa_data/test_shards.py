@@ -51,7 +51,7 @@ def test_every_row_is_indexed_or_rejected(manifest: Path, tmp_path: Path) -> Non
     rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert len(index) + len(rejects) == 9 and result.rows == 7 and result.videos == 6
     assert {r["id"]: r["kind"] for r in rejects} == {"corrupt": "unreadable", "missing": "missing"}
-    assert all("bad.mp4" in r["path"] or "nope.mp4" in r["path"] for r in rejects)
+    assert {r["path"] for r in rejects} == {"videos/bad.mp4", "videos/nope.mp4"}, "manifest paths, not absolute ones"
     keys = {r["id"]: r["video_key"] for r in index}
     assert keys["shared"] == keys["synth-0-00000"]
     assert result.shards == 4 and len(_shard_files(tmp_path)) == 4, "7 hashed files (6 good + bad.mp4) in pairs"
@@ -103,9 +103,9 @@ def test_crash_then_resume(manifest: Path, tmp_path: Path, monkeypatch: pytest.M
     done = _shard_files(tmp_path)
     assert len(done) == 1 and not list((tmp_path / "shards").glob(".*"))
     with safe_open(str(done[0]), "np") as fh:
-        meta = fh.metadata()
-        stored = len(json.loads(meta["samples"]))
-        assert stored + len(json.loads(meta["rejects"])) == 2 and len(list(fh.keys())) == 4 * stored
+        meta = json.loads(fh.metadata()["nsa_data"])
+        stored = len(meta["samples"])
+        assert stored + len(meta["rejects"]) == 2 and len(list(fh.keys())) == 4 * stored
     calls.clear()
     monkeypatch.setattr(shards_module, "sample_video", lambda p, c: calls.append(p) or sample_video(p, c))
     result = prepare_shards(manifest, tmp_path, CONFIG, progress=False)
@@ -113,7 +113,7 @@ def test_crash_then_resume(manifest: Path, tmp_path: Path, monkeypatch: pytest.M
     fresh = tmp_path / "fresh"
     prepare_shards(manifest, fresh, CONFIG, progress=False)
     assert pq.read_table(fresh / "index.parquet").equals(pq.read_table(tmp_path / "index.parquet"))
-    assert [p.name for p in _shard_files(fresh)] == [p.name for p in _shard_files(tmp_path)]
+    assert [p.read_bytes() for p in _shard_files(fresh)] == [p.read_bytes() for p in _shard_files(tmp_path)]
 
 
 @pytest.mark.slow
@@ -148,3 +148,12 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
     os.umask(mask)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_foreign_file_under_a_shard_name_is_rebuilt(manifest: Path, tmp_path: Path) -> None:
+    prepare_shards(manifest, tmp_path, CONFIG, progress=False)
+    victim = _shard_files(tmp_path)[0]
+    good = victim.read_bytes()
+    victim.write_bytes(b"not a safetensors file")
+    result = prepare_shards(manifest, tmp_path, CONFIG, progress=False)
+    assert result.shards_reused == 3 and result.rows == 7 and victim.read_bytes() == good

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
@@ -33,7 +33,7 @@ from nsa_data.errors import VideoReadError, reject_record
 from nsa_data.manifest import MANIFEST_SCHEMA, ManifestRow, read_manifest, resolve_video
 from nsa_data.video import sample_video
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 """Bumped whenever the tensors stored for a given video and config change."""
 
 
@@ -55,16 +55,20 @@ def _shard_name(keys: list[str]) -> str:
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:24] + ".safetensors"
 
 
-def _write_shard(args: tuple[PrepareConfig, list[tuple[str, str]], str]) -> dict[str, Any]:
-    """Sample every video of one chunk and write the shard; returns its metadata."""
+def _write_shard(args: tuple[PrepareConfig, list[tuple[str, str, str]], str]) -> dict[str, Any]:
+    """Sample every (key, file, manifest path) of one chunk and write the shard; returns its metadata.
+
+    Only manifest paths (as written in the manifest) go into the shard, so shards are byte-identical wherever the
+    data lives.
+    """
     config, items, target = args
     tensors: dict[str, np.ndarray] = {}
     samples, rejects = [], []
-    for key, path in items:
+    for key, path, shown in items:
         try:
             sampled = sample_video(path, config.sampling)
         except VideoReadError as err:
-            rejects.append(reject_record(key, path, "sample", err))
+            rejects.append(reject_record(key, shown, "sample", err))
             continue
         if config.store == "frames":
             tensors[f"{key}.frames"] = sampled.frames
@@ -76,7 +80,7 @@ def _write_shard(args: tuple[PrepareConfig, list[tuple[str, str]], str]) -> dict
         samples.append(
             {
                 "key": key,
-                "path": path,
+                "path": shown,
                 "fps": sampled.fps,
                 "second_per_grid_ts": sampled.second_per_grid_ts,
                 "grid_thw": sampled.video_grid_thw[0].tolist(),
@@ -87,16 +91,28 @@ def _write_shard(args: tuple[PrepareConfig, list[tuple[str, str]], str]) -> dict
                 "rotation": sampled.rotation,
             }
         )
-    metadata = {"samples": json.dumps(samples), "rejects": json.dumps(rejects), "format": FORMAT_VERSION}
+    # One metadata key: safetensors writes a multi-key header in hash-map order, which would break byte identity.
+    metadata = {
+        "nsa_data": json.dumps({"format": FORMAT_VERSION, "samples": samples, "rejects": rejects}, sort_keys=True)
+    }
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return {"samples": samples, "rejects": rejects}
 
 
-def _read_shard_metadata(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="np") as fh:
-        meta = fh.metadata() or {}
-    return {"samples": json.loads(meta.get("samples", "[]")), "rejects": json.loads(meta.get("rejects", "[]"))}
+def _read_shard_metadata(path: Path, keys: list[str]) -> dict[str, Any] | None:
+    """The shard's metadata, or None when the file is not a complete shard of exactly ``keys`` (then rebuild)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            meta = json.loads((fh.metadata() or {}).get("nsa_data", "{}"))
+    except (OSError, ValueError, SafetensorError):
+        return None
+    covered = [s["key"] for s in meta.get("samples", [])] + [r["id"] for r in meta.get("rejects", [])]
+    if meta.get("format") != FORMAT_VERSION or sorted(covered) != sorted(keys):
+        return None
+    return {"samples": meta["samples"], "rejects": meta["rejects"]}
 
 
 @dataclass(frozen=True)
@@ -148,13 +164,16 @@ def prepare_shards(
                 raise VideoReadError(path, "missing", "file does not exist; check the manifest's video_path")
             key_of[path] = video_key(Path(path), config)
         except (VideoReadError, OSError) as err:
-            failed[path] = reject_record(row.id, path, "hash", err)
-    items = sorted({(k, p) for p, k in key_of.items()})
+            failed[path] = reject_record(row.id, row.video_path, "hash", err)
+    shown = {str(resolve_video(r, manifest, video_root)): r.video_path for r in reversed(rows)}
+    first_path: dict[str, str] = {}
+    for path in sorted(key_of):
+        first_path.setdefault(key_of[path], path)
+    items = sorted((k, p, shown[p]) for k, p in first_path.items())
     chunks = [items[i : i + config.shard_size] for i in range(0, len(items), config.shard_size)]
-    names = [_shard_name([k for k, _ in chunk]) for chunk in chunks]
-    metas: dict[str, dict[str, Any]] = {
-        n: _read_shard_metadata(shard_dir / n) for n in names if (shard_dir / n).is_file()
-    }
+    names = [_shard_name([k for k, _, _ in chunk]) for chunk in chunks]
+    found = {n: _read_shard_metadata(shard_dir / n, [k for k, _, _ in c]) for c, n in zip(chunks, names, strict=True)}
+    metas: dict[str, dict[str, Any]] = {n: m for n, m in found.items() if m is not None}
     reused = len(metas)
     todo = [(config, chunk, str(shard_dir / n)) for chunk, n in zip(chunks, names, strict=True) if n not in metas]
     bar = tqdm(total=len(chunks), initial=reused, desc="prepare", unit="shard", disable=not progress)
@@ -211,7 +230,7 @@ def _index_records(
         key = key_of.get(path)
         if key is None or key not in info:
             cause = failed[path] if key is None else bad[key]
-            rejects.append({**cause, "id": row.id, "path": path})
+            rejects.append({**cause, "id": row.id, "path": row.video_path})
             continue
         shard, sample = info[key]
         t, h, w = sample["grid_thw"]
