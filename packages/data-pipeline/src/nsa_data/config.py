@@ -202,8 +202,11 @@ class DataParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     synth: SynthConfig = SynthConfig()
+    """``nsa-data synth``: the synthetic benchmark."""
     prepare: PrepareConfig = PrepareConfig()
+    """``nsa-data prepare``: sampling and sharding."""
     ingest: IngestConfig = IngestConfig()
+    """``nsa-data ingest``: annotation parsing and filter rules."""
 
 
 def load_params(path: str | Path) -> DataParams:
