@@ -154,6 +154,7 @@ SLC_VARIANTS = [
     ("block", {"num_warps": 8}),
     ("block", {"num_stages": 3}),
     ("block", {"fwd_item": 576, "bwd_item": 2304}),
+    ("block", {"partial_elems": 2**31}),
 ]
 
 
@@ -181,6 +182,32 @@ def variants(T: int, structured: bool = False) -> list[dict]:
     return rows
 
 
+def topn_rows(T: int) -> list[dict]:
+    """Forward top-n parts: importance + selection (``select_fwd``) and the selection kernel alone on a
+    random score buffer, per (rows per program, warps)."""
+    from nsa_kernels.topk import select_fwd, select_topk
+
+    q, _, _, _ = inputs(T)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    k_cmp = torch.randn(T // 64, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    lse = torch.full((T, HQ), 8.0, device="cuda")
+    geometry = {**NSA, "forced_initial": 1, "forced_local": 2}
+    cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
+    plan = nsa._plan(cu, HQ, HKV, geometry, nsa.TUNING["topk"]["block_m"])
+    qd = q.detach()[0]
+    fn = lambda: select_fwd(qd, k_cmp, lse, plan=plan, scale=D**-0.5, geometry=geometry)  # noqa: E731
+    rows = [{"T": T, "part": "select_fwd (importance + top-n)", "fwd": bench(fn)}]
+    scores = torch.rand(T, HKV, T // 64, device="cuda", generator=gen)
+    t_rel = torch.arange(T, device="cuda")
+    for r, warps in ((1, 4), (4, 8), (8, 8), (2, 4)):
+        fn = lambda r=r, warps=warps: select_topk(  # noqa: E731
+            scores, t_rel, num_selected=32, select_block=64, forced_initial=1, forced_local=2,
+            compress=(64, 64), rows_per_program=r, num_warps=warps,
+        )  # fmt: skip
+        rows.append({"T": T, "part": f"select_topk rows={r} warps={warps}", "fwd": bench(fn)})
+    return rows
+
+
 def structured_rows(T: int) -> list[dict]:
     """Ours on the structured input (fwd, fwd+bwd) and the overlap statistics of both inputs."""
     rows = []
@@ -204,6 +231,7 @@ def main() -> None:
     parser.add_argument("--branches-at", type=int, nargs="*", default=[8192, 65536, 131072])
     parser.add_argument("--variants-at", type=int, nargs="*", default=[32768])
     parser.add_argument("--structured-at", type=int, nargs="*", default=[])
+    parser.add_argument("--topn-at", type=int, nargs="*", default=[])
     parser.add_argument("--providers", nargs="*", default=None, help="subset of providers (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -251,6 +279,10 @@ def main() -> None:
                 results["variants"].append(row)
                 print(f"T={T:>6} slc variant {row['algo']} {row['settings']}  "
                       f"fwd {row['fwd'][0]:9.3f} ms  fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
+        if T in args.topn_at:
+            for row in topn_rows(T):
+                results.setdefault("topn", []).append(row)
+                print(f"T={T:>6} top-n part {row['part']}: {row['fwd'][0]:9.3f} ms", flush=True)
         if T in args.structured_at:
             for row in structured_rows(T):
                 results["structured"].append(row)

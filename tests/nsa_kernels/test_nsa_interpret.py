@@ -176,12 +176,12 @@ def test_triton_backend_is_registered():
 
 @pytest.mark.parametrize(("algo", "fwd_item", "bwd_item"), [("block", 5, 10), ("tile", 288, 1152)])
 def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, monkeypatch, poison_empty):
-    """Block-outer selection split into many small work items, and the tile-outer kernels, match the reference."""
+    """Block-outer selection split into small work items and 17-token ranges, and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
-    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "fwd_item": fwd_item,
-                                                  "bwd_item": bwd_item})  # fmt: skip
+    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17}
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
     q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)

@@ -116,22 +116,35 @@ def reverse_index(
     return offsets.to(torch.int32), token[order][:nnz].to(torch.int32)
 
 
-def work_chunks(offsets: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Split every CSR row into work items of at most ``chunk`` entries, items of a row consecutive.
+def work_chunks(lo: Tensor, hi: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Split the entry ranges ``[lo[r], hi[r])`` of every CSR row into work items of at most ``chunk`` entries.
 
     Returns:
-        ``(item_row, item_lo, item_hi)`` int32 ``[NW]`` (entry range of each item) and
-        ``row_first`` int32 ``[rows + 1]``, the first item of each row.
+        ``(item_row, item_lo, item_hi)`` int32 ``[NW]`` (items of a row consecutive) and ``row_first``
+        int32 ``[rows + 1]``, the first item of each row.
     """
-    lo, hi = offsets[:-1].long(), offsets[1:].long()
+    lo, hi = lo.long(), hi.long()
     n = (hi - lo + chunk - 1) // chunk
-    first = torch.zeros(n.numel() + 1, device=offsets.device, dtype=torch.int64)
+    first = torch.zeros(n.numel() + 1, device=lo.device, dtype=torch.int64)
     first[1:] = torch.cumsum(n, 0)
     total = int(first[-1])
-    row = torch.repeat_interleave(torch.arange(n.numel(), device=offsets.device), n, output_size=total)
-    start = lo[row] + (torch.arange(total, device=offsets.device) - first[row]) * chunk
+    row = torch.repeat_interleave(torch.arange(n.numel(), device=lo.device), n, output_size=total)
+    start = lo[row] + (torch.arange(total, device=lo.device) - first[row]) * chunk
     end = torch.minimum(start + chunk, hi[row])
     return row.to(torch.int32), start.to(torch.int32), end.to(torch.int32), first.to(torch.int32)
+
+
+def row_token_keys(offsets: Tensor, entries: Tensor, per_token: int) -> tuple[Tensor, int]:
+    """``(row · BIG + token)`` int64 per entry, ascending over the whole CSR list, and ``BIG`` (> any token).
+
+    Tokens ascend inside a row, so one binary search per bound (``searchsorted`` of ``r · BIG + t``) finds
+    the entry range of tokens ``[t_lo, t_hi)`` in every row; ``entries // per_token`` is the token.
+    """
+    rows = offsets.numel() - 1
+    counts = (offsets[1:] - offsets[:-1]).long()
+    row_of = torch.repeat_interleave(torch.arange(rows, device=offsets.device), counts, output_size=entries.numel())
+    big = int(entries.max()) // per_token + 1 if entries.numel() else 1
+    return row_of * big + entries.long() // per_token, big
 
 
 def compressed_offsets(cu_seqlens: Tensor, compress_block: int, compress_stride: int) -> Tensor:

@@ -34,7 +34,14 @@ GEOMETRY_KEYS = (
 TUNING = {
     "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "slc_block": {"block_m": 64, "num_warps": 4, "num_stages": 2, "fwd_item": 288, "bwd_item": 1152},
+    "slc_block": {
+        "block_m": 64,
+        "num_warps": 4,
+        "num_stages": 2,
+        "fwd_item": 288,
+        "bwd_item": 1152,
+        "partial_elems": 2**30,
+    },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
 }
@@ -139,8 +146,9 @@ def nsa_fwd(
         if SELECTION["algo"] == "block":
             plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
             tune = dict(TUNING["slc_block"])
-            sel = selection_plan(plan, block_indices, geometry["select_block"], tune.pop("fwd_item"))
+            tune["item"] = tune.pop("fwd_item")
             del tune["bwd_item"]
+            sel = selection_plan(plan, block_indices, geometry["select_block"])
             out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
                 q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
             )
@@ -187,8 +195,9 @@ def nsa_bwd(
     if "slc" in branches and SELECTION["algo"] == "block":
         plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
         tune = dict(TUNING["slc_block"])
-        sel = selection_plan(plan, block_indices, geometry["select_block"], tune.pop("bwd_item"))
+        tune["item"] = tune.pop("bwd_item")
         del tune["fwd_item"]
+        sel = selection_plan(plan, block_indices, geometry["select_block"])
         dkv = selection_bwd(
             q, k, v, do, gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
             select_block=geometry["select_block"], accumulate_dq=False, **tune,

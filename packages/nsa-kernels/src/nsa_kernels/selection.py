@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from nsa_kernels.attention import LOG2E, _load_grad_rows, _load_keys, _load_rows
-from nsa_kernels.index import reverse_index, work_chunks
+from nsa_kernels.index import reverse_index, row_token_keys, work_chunks
 
 
 @triton.jit
@@ -43,6 +43,7 @@ def slc_fwd_kernel_block(
     item_lo,  # [NW]
     item_hi,  # [NW]
     NB,
+    e_base,  # first selection of this token range: partials are indexed e - e_base
     scale2,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
@@ -88,7 +89,7 @@ def slc_fwd_kernel_block(
         acc = tl.dot(p.to(vt.dtype), vt)
         has_key = l_i > 0
         l_safe = tl.where(has_key, l_i, 1.0)
-        out_rows = e * G + g
+        out_rows = (e - e_base) * G + g
         tl.store(
             o_part + out_rows[:, None] * D + d[None, :],
             (acc / l_safe[:, None]).to(o_part.dtype.element_ty),
@@ -104,7 +105,8 @@ def slc_fwd_kernel_merge(
     blk_idx,  # [N, HKV, S]
     o,  # [N, HQ, D]
     lse,  # [N, HQ] natural log
-    N,
+    t_base,  # first token of this range (partials start there)
+    t_end,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -118,8 +120,8 @@ def slc_fwd_kernel_merge(
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    t = (tl.program_id(0) * TT + tok).to(tl.int64)
-    row_ok = (tok < TT) & (t < N)
+    t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
+    row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
@@ -127,8 +129,9 @@ def slc_fwd_kernel_merge(
     for slot in range(S):
         e = (t * HKV + h) * S + slot
         ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
-        lp = tl.load(lse_part + e * G + g, mask=ok, other=float("-inf"))
-        op = tl.load(o_part + (e * G + g)[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
+        pe = (((t - t_base) * HKV + h) * S + slot) * G + g
+        lp = tl.load(lse_part + pe, mask=ok, other=float("-inf"))
+        op = tl.load(o_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
         m_new = tl.maximum(m_i, lp)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
@@ -168,6 +171,7 @@ def slc_bwd_kernel_block(
     item_lo,
     item_hi,
     NB,
+    e_base,
     scale,
     scale2,
     HQ: tl.constexpr,
@@ -217,7 +221,8 @@ def slc_bwd_kernel_block(
         ds = (p * (dp - delta_row[:, None])).to(qt.dtype)
         dk_acc += tl.dot(tl.trans(ds), qt)
         dq = tl.dot(ds, kt) * scale
-        tl.store(dq_part + (e * G + g)[:, None] * D + d[None, :], dq, mask=row_ok[:, None] & (d[None, :] < D))
+        pe = (e - e_base) * G + g
+        tl.store(dq_part + pe[:, None] * D + d[None, :], dq, mask=row_ok[:, None] & (d[None, :] < D))
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
@@ -274,7 +279,8 @@ def slc_bwd_kernel_reduce_dq(
     dq_part,  # [E, G, D] fp32
     blk_idx,  # [N, HKV, S]
     dq,  # [N, HQ, D] fp32
-    N,
+    t_base,
+    t_end,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -289,14 +295,15 @@ def slc_bwd_kernel_reduce_dq(
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    t = (tl.program_id(0) * TT + tok).to(tl.int64)
-    row_ok = (tok < TT) & (t < N)
+    t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
+    row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
     acc = tl.zeros([BM, BD], tl.float32)
     for slot in range(S):
         e = (t * HKV + h) * S + slot
         ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
-        acc += tl.load(dq_part + (e * G + g)[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
+        pe = (((t - t_base) * HKV + h) * S + slot) * G + g
+        acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
     ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -304,10 +311,23 @@ def slc_bwd_kernel_reduce_dq(
     tl.store(ptrs, acc, mask=io_mask)
 
 
-def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int, tokens_per_item: int) -> dict:
-    """CSR of the selections per (KV head, block) and its work items of at most ``tokens_per_item`` rows."""
+def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -> dict:
+    """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range."""
+    _N, HKV, S = block_indices.shape
     off, ent = reverse_index(block_indices, plan["cu_seqlens"], select_block, entries=True)
-    return {"entries": ent, "items": work_chunks(off, tokens_per_item), "block_indices": block_indices}
+    key, big = row_token_keys(off, ent, HKV * S)
+    return {"entries": ent, "key": key, "big": big, "rows": off.numel() - 1, "block_indices": block_indices}
+
+
+def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int):
+    """Token ranges of at most ``partial_elems / per_token_elems`` tokens and the work items of each."""
+    step = max(1, partial_elems // per_token_elems)
+    base = torch.arange(sel["rows"], device=sel["key"].device, dtype=torch.int64) * sel["big"]
+    for t_lo in range(0, N, step):
+        t_hi = min(t_lo + step, N)
+        lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
+        hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
+        yield t_lo, t_hi, work_chunks(lo, hi, item)
 
 
 def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -326,29 +346,37 @@ def selection_fwd(
     block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    item: int = 288,
+    partial_elems: int = 2**30,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``."""
+    """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
+
+    Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
+    number of CSR entries per work item.
+    """
     N, HQ, D = q.shape
     HKV = k.shape[1]
     G = HQ // HKV
     BM, BD, SB = _sizes(G, D, select_block, block_m)
     blk_idx = sel["block_indices"]
     S = blk_idx.shape[-1]
-    item_row, item_lo, item_hi, _ = sel["items"]
     blk_seq, blk_start = plan["slc_blocks"]
-    o_part = torch.empty(N * HKV * S, G, D, device=q.device, dtype=q.dtype)
-    lse_part = torch.empty(N * HKV * S, G, device=q.device, dtype=torch.float32)
-    common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
-    if item_row.numel():
-        slc_fwd_kernel_block[(item_row.numel(),)](
-            q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
-            item_row, item_lo, item_hi, blk_seq.numel(), scale * LOG2E,
-            BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
-        )  # fmt: skip
     o = torch.empty_like(q)
     lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
-    if N:
-        slc_fwd_kernel_merge[(triton.cdiv(N, BM // G), HKV)](o_part, lse_part, blk_idx, o, lse, N, **common)
+    common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
+    step = max(1, partial_elems // (HQ * S * D))
+    o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
+    lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
+    for t_lo, t_hi, (item_row, item_lo, item_hi, _) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
+        if item_row.numel():
+            slc_fwd_kernel_block[(item_row.numel(),)](
+                q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
+                item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
+                BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
+            )  # fmt: skip
+        slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
+        )
     return o, lse
 
 
@@ -371,8 +399,13 @@ def selection_bwd(
     block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    item: int = 1152,
+    partial_elems: int = 2**30,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV."""
+    """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
+
+    Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
+    """
     N, HQ, D = q.shape
     HKV = k.shape[1]
     G = HQ // HKV
@@ -380,29 +413,30 @@ def selection_bwd(
     BN = max(triton.next_power_of_2(SB), 16)
     blk_idx = sel["block_indices"]
     S = blk_idx.shape[-1]
-    item_row, item_lo, item_hi, row_first = sel["items"]
     blk_seq, blk_start = plan["slc_blocks"]
-    NW = item_row.numel()
-    dq_part = torch.empty(N * HKV * S, G, D, device=q.device, dtype=torch.float32)
-    dk_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
-    dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
+    step = max(1, partial_elems // (HQ * S * D))
+    dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=torch.float32)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
-    if NW:
-        slc_bwd_kernel_block[(NW,)](
-            q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-            sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), scale, scale * LOG2E,
-            HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, num_stages=num_stages, **common,
-        )  # fmt: skip
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    if blk_seq.numel():
-        slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
-            dk_part, dv_part, row_first, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq, blk_start, blk_seq.numel(),
-            BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
-        )  # fmt: skip
-    if N:
-        slc_bwd_kernel_reduce_dq[(triton.cdiv(N, BM // G), HKV)](
-            dq_part, blk_idx, dq, N, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
+    for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
+        NW = item_row.numel()
+        dk_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
+        dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
+        if NW:
+            slc_bwd_kernel_block[(NW,)](
+                q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
+                sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, num_stages=num_stages, **common,
+            )  # fmt: skip
+        if blk_seq.numel():
+            slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
+                dk_part, dv_part, row_first, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq, blk_start, blk_seq.numel(),
+                BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
+            )  # fmt: skip
+        accumulate = True
+        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
         )
     return dkv
