@@ -195,8 +195,12 @@ def topn_rows(T: int) -> list[dict]:
     cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
     plan = nsa._plan(cu, HQ, HKV, geometry, nsa.TUNING["topk"]["block_m"])
     qd = q.detach()[0]
-    fn = lambda: select_fwd(qd, k_cmp, lse, plan=plan, scale=D**-0.5, geometry=geometry)  # noqa: E731
-    rows = [{"T": T, "part": "select_fwd (importance + top-n)", "fwd": bench(fn)}]
+    rows = []
+    for pad in (True, False):
+        fn = lambda pad=pad: select_fwd(  # noqa: E731
+            qd, k_cmp, lse, plan=plan, scale=D**-0.5, geometry=geometry, pad_heads=pad
+        )
+        rows.append({"T": T, "part": f"select_fwd (importance + top-n) pad_heads={pad}", "fwd": bench(fn)})
     scores = torch.rand(T, HKV, T // 64, device="cuda", generator=gen)
     t_rel = torch.arange(T, device="cuda")
     for r, warps in ((1, 4), (4, 8), (8, 8), (2, 4)):

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.index import positions
+from nsa_kernels.index import positions, tile_table
 
 CHUNK_ELEMS = 2**25
 """Largest number of (token, KV head, block) scores held at once."""
@@ -50,20 +50,23 @@ def topk_fwd_kernel_scores(
     TTP: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
+    GP: tl.constexpr,
 ):
+    # GP = G: rows token·G + head, head sum by an fp32 MMA; GP = next power of two of G: rows token·GP + head
+    # (GP - G rows masked) and the head sum is a reshape + sum
     pid = tile_lo + tl.program_id(0)
     h = tl.program_id(1)
-    TT: tl.constexpr = BM // G
+    TT: tl.constexpr = BM // GP
     seq = tl.load(tile_seq + pid)
     t0 = tl.load(tile_start + pid)
     bos = tl.load(cu_seqlens + seq)
     eos = tl.load(cu_seqlens + seq + 1)
     kbos = tl.load(cu_keys + seq)
     r = tl.arange(0, BM)
-    tok = r // G
-    head = h * G + r % G
+    tok = r // GP
+    head = h * G + r % GP
     t = t0 + tok
-    row_ok = (tok < TT) & (t < eos)
+    row_ok = (tok < TT) & (t < eos) & (r % GP < G)
     t_rel = t - bos
     t_last = tl.minimum(t0 + TT, eos) - 1 - bos
     d = tl.arange(0, BD)
@@ -92,7 +95,10 @@ def topk_fwd_kernel_scores(
         s = tl.dot(qt, tl.trans(kt)) * scale2
         mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-        token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+        if GP == G:  # noqa: SIM108
+            token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+        else:
+            token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
         tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
@@ -164,8 +170,8 @@ def select_topk(
     forced_local: int,
     num_blocks: int | None = None,
     compress: tuple[int, int] | None = None,
-    rows_per_program: int = 4,
-    num_warps: int = 8,
+    rows_per_program: int = 1,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
@@ -202,15 +208,24 @@ def select_fwd(
     return_scores: bool = False,
     block_m: int = 64,
     num_warps: int = 4,
+    pad_heads: bool = True,
+    select_rows: int = 1,
+    select_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``."""
+    """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
+
+    ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
+    reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
+    ``select_warps`` launch :func:`select_topk`.
+    """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
     G = HQ // HKV
     BM = max(block_m, triton.next_power_of_2(G), 16)
-    TT = BM // G
+    GP = triton.next_power_of_2(G) if pad_heads else G
+    TT = BM // GP
     cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
-    tile_seq, tile_start = plan["tiles"]
+    tile_seq, tile_start = tile_table(cu, TT) if pad_heads else plan["tiles"]
     n_cmp = int((cu_keys[1:] - cu_keys[:-1]).max()) if cu.numel() > 1 else 0
     n_sel = plan["max_blocks"]
     SB, CL, CS = geometry["select_block"], geometry["compress_block"], geometry["compress_stride"]
@@ -228,6 +243,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
+        rows_per_program=select_rows, num_warps=select_warps,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
@@ -238,7 +254,7 @@ def select_fwd(
         topk_fwd_kernel_scores[(hi - lo, HKV)](
             q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
             HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=64,
-            TTP=max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, num_warps=num_warps,
+            TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
         )  # fmt: skip
         if identity:
             out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=n_sel, compress=(CL, CS), **select)
