@@ -15,7 +15,7 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data_dir: str = "data"
+    data_dir: str = "artifacts/pipeline/data"
     """``<data_dir>/synth`` and ``<data_dir>/prepared``."""
     synth: SynthConfig = SynthConfig()
     """The synthetic benchmark (``nsa-data synth``)."""

@@ -85,12 +85,34 @@ def videonsa_pipeline(config: PipelineConfig) -> dict[str, str]:
     Returns:
         Paths of the report files.
     """
-    manifest = synth(config)
-    prepared = prepare(config, manifest, fingerprint(config.synth_dir))
-    model_dir = train(config.train_recipe, config.train_overrides, fingerprint(prepared, config.train_recipe))
+    manifest = synth.with_options(refresh_cache=_missing(config.synth_dir / "manifest.parquet"))(config)
+    prepared = prepare.with_options(refresh_cache=_missing(config.prepared_dir / "index.parquet"))(
+        config, manifest, fingerprint(config.synth_dir)
+    )
+    overrides = (f"data.prepared_dir={config.prepared_dir}", *config.train_overrides)
+    model_dir = train.with_options(refresh_cache=_missing(_trained_model_dir(config.train_recipe, overrides)))(
+        config.train_recipe, overrides, fingerprint(prepared, config.train_recipe)
+    )
     inputs = fingerprint(model_dir, prepared)
-    results = [sweep(config.evaluate, inputs)] + [sweep(s, inputs) for s in config.ablate]
-    return report(config.report, hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest())
+    results = [
+        sweep.with_options(refresh_cache=_missing(Path(s.base.output_dir) / s.sweep_name / "results.json"))(s, inputs)
+        for s in (config.evaluate, *config.ablate)
+    ]
+    summary = hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
+    return report.with_options(refresh_cache=_missing(Path(config.report.out_dir) / "report.md"))(
+        config.report, summary
+    )
+
+
+def _missing(path: Path) -> bool:
+    """A cached result whose output is gone (deleted, or another working directory) must be recomputed."""
+    return not Path(path).exists()
+
+
+def _trained_model_dir(recipe: str, overrides: tuple[str, ...]) -> Path:
+    from nsa_train import load_config
+
+    return Path(load_config(recipe, None, overrides).output_dir) / "model"
 
 
 @flow(name="videonsa-pipeline-file", log_prints=True)

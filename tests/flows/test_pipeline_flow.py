@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from flows.config import load_pipeline_config
@@ -30,3 +31,13 @@ def test_micro_pipeline_end_to_end_and_cached_rerun(prefect_harness, micro_works
             return sum(r.state is not None and r.state.name == "Cached" for r in runs)
 
     assert anyio.run(cached_runs) >= 5  # synth, prepare, train, 2 sweeps (and report) skipped on the rerun
+
+
+def test_deleted_outputs_are_recomputed_not_served_from_the_cache(prefect_harness, micro_workspace: Path):
+    config = load_pipeline_config("configs/pipeline/micro.yaml")
+    first = videonsa_pipeline(config)
+    shutil.rmtree(Path(first["markdown"]).parent)
+    shutil.rmtree(config.synth_dir)
+    second = videonsa_pipeline(config)
+    assert Path(second["markdown"]).is_file()
+    assert (config.synth_dir / "manifest.parquet").is_file()
