@@ -1,12 +1,14 @@
 """Native sparse attention on Triton: launch order of the branches, autograd, custom ops, public function.
 
 Forward: mean-pool K/V → compression attention (emits its LSE) → importance and exact top-n (unless
-``block_indices`` are given) → selection attention over the tile unions → window attention → gated
-combine. Backward: gate gradients and per-branch deltas → dQ of every branch into one fp32 buffer →
-dK/dV of selection (CSR reverse index), window (banded) and compression (split over token ranges, then
-spread back through the mean pool), all with plain stores in a fixed order: deterministic, no float
-atomics. Extra memory beyond inputs, outputs and the three branch outputs: the int32 indices and their
-CSR / union tables, O(N·HKV·S), plus fp32 dQ/dK/dV accumulators and the compressed-key partial sums.
+``block_indices`` are given) → selection attention (block-outer over the CSR of the selections, or over
+the tile unions) → window attention → gated combine. Backward: gate gradients and per-branch deltas →
+selection dQ and dK/dV in one block-outer pass (or dQ over tile unions and dK/dV over the CSR) → dQ and
+dK/dV of window (banded) and compression (split over token ranges, then spread back through the mean
+pool), all with plain stores in a fixed order: deterministic, no float atomics. Extra memory beyond
+inputs, outputs and the three branch outputs: the int32 indices and their CSR / union tables,
+O(N·HKV·S), fp32 dQ/dK/dV accumulators, the compressed-key partial sums and the selection partials
+(bounded by ``TUNING["slc_block"]["partial_elems"]``).
 
 Shape legend:
     B batch, T tokens, N = B·T packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim,
