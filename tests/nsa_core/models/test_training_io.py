@@ -146,8 +146,26 @@ def test_gradient_checkpointing_keeps_routing_and_gradients():
     for checkpointing in (False, True):
         model = convert_to_nsa(tiny_model(seed=16), SMALL).train()
         if checkpointing:
-            model.activation_checkpointing_enable({"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
         model(**batch, labels=labels).loss.backward()
         grads.append(model.model.language_model.layers[1].self_attn.nsa_gate.g_proj_1.weight.grad)
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_autocast_hands_the_operator_the_autocast_dtype(monkeypatch):
+    import nsa_core.layers.hybrid as hybrid
+
+    seen = []
+    operator = hybrid.nsa_attention
+
+    def spy(q, k, v, gates, *args, **kwargs):
+        seen.append({q.dtype, k.dtype, v.dtype, gates.dtype})
+        return operator(q, k, v, gates, *args, **kwargs)
+
+    monkeypatch.setattr(hybrid, "nsa_attention", spy)
+    model = convert_to_nsa(tiny_model(seed=5), SMALL)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**build_batch([PROMPT], seed=5))
+    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)

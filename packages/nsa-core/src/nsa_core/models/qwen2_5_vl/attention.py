@@ -91,6 +91,10 @@ def videonsa_attention(
         gate_fn = module.nsa_gate
     else:
         raise ValueError("this attention module has no nsa_gate: convert the model with convert_to_nsa(model)")
+    if torch.is_autocast_enabled(query.device.type):
+        # Like sdpa under autocast: M-RoPE's fp32 cos/sin promote q and k to fp32, the kernels want bf16/fp16.
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     out = hybrid_attention(
         query.transpose(1, 2),
         key.transpose(1, 2),
