@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from nsa_core.configio import read_yaml_mapping
 from nsa_data.config import PrepareConfig, SynthConfig
-from nsa_eval.config import ReportConfig, SweepConfig, load_yaml
+from nsa_eval.config import ReportConfig, SweepConfig
 
 
 class PipelineConfig(BaseModel):
@@ -56,6 +57,6 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         ValueError: naming the file and the invalid field.
     """
     try:
-        return PipelineConfig.model_validate(load_yaml(path))
+        return PipelineConfig.model_validate(read_yaml_mapping(path))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err

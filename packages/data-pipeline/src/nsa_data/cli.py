@@ -13,25 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nsa_data.config import DataParams, load_params
 from nsa_data.errors import NsaDataError
 
 
 def _override(params: DataParams, section: str, assignments: Sequence[str]) -> Any:
     """Apply ``key=value`` (dotted keys, YAML values) to one section and re-validate it."""
-    data = getattr(params, section).model_dump(mode="json")
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value (e.g. --set num_videos=8), got {item!r}")
-        target = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw)
-    return type(getattr(params, section)).model_validate(data)
+    from nsa_core.configio import apply_assignments
+
+    config = getattr(params, section)
+    return type(config).model_validate(apply_assignments(config.model_dump(mode="json"), assignments))
 
 
 def _params(args: argparse.Namespace) -> DataParams:

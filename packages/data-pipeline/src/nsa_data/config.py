@@ -8,7 +8,7 @@ validate configs without loading PyAV, numpy or pyarrow. ``params.yaml`` section
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -222,14 +222,9 @@ def load_params(path: str | Path) -> DataParams:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is not a YAML mapping or a field is invalid (the message names the field).
     """
-    import yaml
+    from nsa_core.configio import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file {path} does not exist; pass --params <yaml file>")
-    raw: Any = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of sections (synth:, prepare:, ...), got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "params file")
     try:
         return DataParams.model_validate(raw)
     except ValueError as err:

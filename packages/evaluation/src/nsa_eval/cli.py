@@ -19,45 +19,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
-from nsa_eval.config import EvalConfig, EvalParams, ReportConfig, SweepConfig, load_eval_params, load_yaml
-
-
-def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` assignments (dotted keys, YAML-parsed values) to a nested mapping.
-
-    Args:
-        data: The mapping (copied, not modified).
-        assignments: ``["task.limit=2", "method.window=16"]``.
-
-    Returns:
-        The updated mapping.
-
-    Raises:
-        ValueError: for an assignment without ``=``.
-    """
-    data = json.loads(json.dumps(data))
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value (e.g. --set task.limit=2), got {item!r}")
-        target = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw)
-    return data
+from nsa_core.configio import apply_assignments, read_yaml_mapping
+from nsa_eval.config import EvalConfig, EvalParams, ReportConfig, SweepConfig, load_eval_params
 
 
 def _load(model: type[BaseModel], path: str, assignments: Sequence[str]) -> Any:
-    return model.model_validate(apply_overrides(load_yaml(path), assignments))
+    return model.model_validate(apply_assignments(read_yaml_mapping(path), assignments))
 
 
 def _params(args: argparse.Namespace) -> EvalParams:
     params = load_eval_params(args.params)
-    return EvalParams.model_validate(apply_overrides(params.model_dump(mode="json"), args.set))
+    return EvalParams.model_validate(apply_assignments(params.model_dump(mode="json"), args.set))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nsa_core.config import Branch
+from nsa_core.configio import read_yaml_mapping
 from nsa_core.tracking import TrackingConfig
 
 MethodName = Literal["dense", "nsa", "dense-transfer", "nsa-at-test"]
@@ -233,30 +234,6 @@ class EvalParams(BaseModel):
     """The report stage."""
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping.
-
-    Args:
-        path: YAML file.
-
-    Returns:
-        The mapping.
-
-    Raises:
-        FileNotFoundError: if the file is missing.
-        ValueError: if it is not a mapping.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a YAML mapping, got {type(raw).__name__}")
-    return raw
-
-
 def load_eval_params(path: str | Path) -> EvalParams:
     """Load and validate the evaluation sections of a params file.
 
@@ -270,6 +247,6 @@ def load_eval_params(path: str | Path) -> EvalParams:
         ValueError: naming the file and the invalid field.
     """
     try:
-        return EvalParams.model_validate(load_yaml(path))
+        return EvalParams.model_validate(read_yaml_mapping(path))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nsa_core import NSAConfig
+from nsa_core.configio import apply_assignments, deep_merge, read_yaml_mapping
 from nsa_core.tracking import TrackingConfig
 
 
@@ -200,41 +200,6 @@ class TrainConfig(_Frozen):
         return artifact_root() / "train" / self.name
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged into a copy of ``base``; nested mappings merge, everything else replaces."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def parse_assignment(item: str) -> dict[str, Any]:
-    """``"optim.lr=1e-4"`` -> ``{"optim": {"lr": 0.0001}}`` (values parsed as YAML).
-
-    Raises:
-        ValueError: when ``item`` is not ``key=value``.
-    """
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects key=value (e.g. --set loop.max_steps=20), got {item!r}")
-    value: Any = yaml.safe_load(raw)
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
-def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a YAML mapping, got {type(raw).__name__}")
-    return raw
-
-
 def load_config(
     path: str | Path | None = None, params: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
@@ -252,16 +217,15 @@ def load_config(
         FileNotFoundError: when a file is missing.
         ValueError: when a file is not a mapping or a field is invalid (the message names the file and field).
     """
-    raw: dict[str, Any] = _read_mapping(Path(path), "config file") if path is not None else {}
+    raw: dict[str, Any] = read_yaml_mapping(path, "config file") if path is not None else {}
     source = str(path or "defaults")
     if params is not None:
-        section = _read_mapping(Path(params), "params file").get("train") or {}
+        section = read_yaml_mapping(params, "params file").get("train") or {}
         if not isinstance(section, dict):
             raise ValueError(f"{params}: the train: section must be a mapping of TrainConfig fields")
         raw = deep_merge(raw, section)
         source += f" + {params}:train"
-    for item in overrides:
-        raw = deep_merge(raw, parse_assignment(item))
+    raw = apply_assignments(raw, overrides)
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as error:
