@@ -30,11 +30,11 @@ def test_malformed_assignment_names_the_expected_form(item):
 
 
 def test_yaml_file_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="params file .*missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"params file .*missing\.yaml"):
         read_yaml_mapping(tmp_path / "missing.yaml", "params file")
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="list.yaml: expected a YAML mapping"):
+    with pytest.raises(ValueError, match=r"list\.yaml: expected a YAML mapping"):
         read_yaml_mapping(listing)
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml_mapping(tmp_path / "empty.yaml") == {}
