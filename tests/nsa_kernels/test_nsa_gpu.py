@@ -64,7 +64,13 @@ def test_small_cases_match_reference(B, T, HKV, G, D, dtype, overrides, cu, pois
         pytest.param(16384, 2, False, id="T16384-HQ14-fwd"),
     ],
 )
-def test_videonsa_geometry_flash_attention_rule(T, HKV, backward):
+@pytest.mark.parametrize("dq_fp32", [True, False], ids=["dq-part-fp32", "dq-part-bf16"])
+def test_videonsa_geometry_flash_attention_rule(T, HKV, backward, dq_fp32, monkeypatch):
+    from nsa_kernels import nsa
+
+    if not backward and not dq_fp32:
+        pytest.skip("dQ partials only exist in the backward")
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "dq_partials_fp32": dq_fp32})
     q, k, v, g = make_inputs(1, T, HKV, 7, 128, torch.bfloat16, device="cuda")
     o, aux = _forward(q, k, v, g, VIDEONSA)
     idx = aux.block_indices
@@ -80,3 +86,41 @@ def test_videonsa_geometry_flash_attention_rule(T, HKV, backward):
     want16 = torch.autograd.grad(ref16, (q, k, v, g), do)
     for name, a, b, c in zip(("dq", "dk", "dv", "dgates"), got, want64, want16, strict=True):
         assert rel_err(a, b) <= 2 * rel_err(c, b) + 1e-4, name
+
+
+def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
+    """No device sync on the hot path (sync debug mode 'error'), and one captured CUDA graph of forward +
+    backward replays to the eager results bit for bit on new inputs."""
+    from nsa_kernels import nsa_func
+
+    kw = dict(compress_block=64, compress_stride=64, select_block=64, num_selected=16, window=256)
+    static = [x.detach().requires_grad_() for x in make_inputs(1, 2048, 2, 7, 128, torch.bfloat16, device="cuda")]
+    do = torch.randn(1, 2048, 14, 128, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        o = nsa_func(*static, **kw)
+        return (o, *torch.autograd.grad(o, static, do))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    fresh = make_inputs(1, 2048, 2, 7, 128, torch.bfloat16, device="cuda", seed=1)
+    with torch.no_grad():
+        for x, y in zip(static, fresh, strict=True):
+            x.copy_(y)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    for a, b in zip(captured, eager, strict=True):
+        assert torch.equal(a, b)

@@ -174,13 +174,17 @@ def test_triton_backend_is_registered():
     assert isinstance(NSAConfig(), NSAConfig)
 
 
-@pytest.mark.parametrize(("algo", "fwd_item", "bwd_item"), [("block", 5, 10), ("tile", 288, 1152)])
-def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, monkeypatch, poison_empty):
-    """Block-outer selection split into small work items and 17-token ranges, and the tile-outer kernels."""
+@pytest.mark.parametrize(
+    ("algo", "fwd_item", "bwd_item", "dq_fp32"),
+    [("block", 5, 10, True), ("block", 7, 3, False), ("tile", 288, 1152, True)],
+)
+def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, monkeypatch, poison_empty):
+    """Block-outer selection split into small work items and 17-token ranges (dQ partials fp32 or bf16),
+    and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
-    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17}
+    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17, "dq_partials_fp32": dq_fp32}
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)

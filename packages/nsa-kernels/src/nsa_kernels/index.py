@@ -10,39 +10,68 @@ Shape legend:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
 _BIG = 2**30
 
 
-def tile_table(cu_seqlens: Tensor, size: int) -> tuple[Tensor, Tensor]:
+def host_lengths(cu_seqlens: Tensor | None, batch: int, seqlen: int) -> list[int]:
+    """Sequence lengths on the host: ``[seqlen] * batch`` without ``cu_seqlens`` (no device sync), else one copy."""
+    if cu_seqlens is None:
+        return [seqlen] * batch
+    cu = cu_seqlens.tolist()
+    return [b - a for a, b in itertools.pairwise(cu)]
+
+
+def tile_count(lens: list[int], size: int) -> int:
+    """Number of tiles of ``size`` positions over sequences of host lengths ``lens``."""
+    return sum((n + size - 1) // size for n in lens)
+
+
+def tile_first_token(lens: list[int], size: int, tile: int) -> int:
+    """Packed position of the first token of tile ``tile`` (``N`` past the last tile)."""
+    pos = 0
+    for n in lens:
+        count = (n + size - 1) // size
+        if tile < count:
+            return pos + tile * size
+        tile -= count
+        pos += n
+    return pos
+
+
+def tile_table(cu_seqlens: Tensor, size: int, lens: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """Tiles of ``size`` consecutive positions inside each sequence.
 
     Args:
         cu_seqlens: int32 ``[NSEQ + 1]`` offsets.
         size: positions per tile.
+        lens: host sequence lengths; with them the table size is known without a device sync.
 
     Returns:
         ``(tile_seq, tile_start)`` int32 ``[NT]``: the sequence of each tile and its first position,
         as an offset into the packed axis that ``cu_seqlens`` describes.
     """
+    host = lens
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     counts = (lens + size - 1) // size
-    total = int(counts.sum())
+    total = int(counts.sum()) if host is None else tile_count(host, size)
     seq = torch.repeat_interleave(torch.arange(counts.numel(), device=lens.device), counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
     start = cu_seqlens[:-1].long()[seq] + (torch.arange(total, device=lens.device) - first[seq]) * size
     return seq.to(torch.int32), start.to(torch.int32)
 
 
-def block_table(cu_seqlens: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+def block_table(cu_seqlens: Tensor, size: int, lens: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Selection blocks of every sequence: ``(block_seq, block_start_rel, block_offset [NSEQ])``.
 
     ``block_start_rel`` is relative to the sequence; ``block_offset`` is the global id of each
     sequence's block 0.
     """
-    seq, start = tile_table(cu_seqlens, size)
+    seq, start = tile_table(cu_seqlens, size, lens)
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     counts = (lens + size - 1) // size
     offset = torch.cumsum(counts, 0) - counts
@@ -116,8 +145,41 @@ def reverse_index(
     return offsets.to(torch.int32), token[order][:nnz].to(torch.int32)
 
 
-def work_chunks(lo: Tensor, hi: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def selection_csr(
+    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, lens: list[int]
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """CSR of the selections per (KV head, global block) without a device sync; the block-outer plan.
+
+    Same order as :func:`reverse_index` with ``entries`` (one stable sort), but row offsets come from a
+    binary search on the sorted keys and the entry list keeps its full length ``N·HKV·S`` (empty slots sort
+    past the last row and are never inside a row's range).
+
+    Returns:
+        ``(offsets int32 [rows + 1], entries int32 [N·HKV·S], row_key int64, big, rows)``: ``row_key`` is
+        ``row · big + token`` per entry, ascending, so ``searchsorted(row_key, r · big + t)`` bounds the
+        entries of tokens ``< t`` in row ``r``.
+    """
+    N, HKV, S = block_indices.shape
+    seq, _ = positions(cu_seqlens, N)
+    _, _, offset = block_table(cu_seqlens, select_block, lens)
+    nb = tile_count(lens, select_block)
+    rows = HKV * nb
+    idx = block_indices.long()
+    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
+    key = torch.where(idx >= 0, key, rows).flatten()
+    key, order = torch.sort(key, stable=True)
+    offsets = torch.searchsorted(key, torch.arange(rows + 1, device=idx.device))
+    big = max(N, 1)
+    return offsets.to(torch.int32), order.to(torch.int32), key * big + order // (HKV * S), big, rows
+
+
+def work_chunks(
+    lo: Tensor, hi: Tensor, chunk: int, max_items: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Split the entry ranges ``[lo[r], hi[r])`` of every CSR row into work items of at most ``chunk`` entries.
+
+    With ``max_items`` (an upper bound on the item count) the tables have that length and no device sync
+    is needed; items past the real count are empty (``item_lo == item_hi``).
 
     Returns:
         ``(item_row, item_lo, item_hi)`` int32 ``[NW]`` (items of a row consecutive) and ``row_first``
@@ -127,24 +189,19 @@ def work_chunks(lo: Tensor, hi: Tensor, chunk: int) -> tuple[Tensor, Tensor, Ten
     n = (hi - lo + chunk - 1) // chunk
     first = torch.zeros(n.numel() + 1, device=lo.device, dtype=torch.int64)
     first[1:] = torch.cumsum(n, 0)
-    total = int(first[-1])
-    row = torch.repeat_interleave(torch.arange(n.numel(), device=lo.device), n, output_size=total)
-    start = lo[row] + (torch.arange(total, device=lo.device) - first[row]) * chunk
+    if max_items is None:
+        total = int(first[-1])
+        row = torch.repeat_interleave(torch.arange(n.numel(), device=lo.device), n, output_size=total)
+    else:
+        total = max_items
+        row = torch.searchsorted(first[1:], torch.arange(total, device=lo.device), right=True)
+        row = row.clamp(max=max(n.numel() - 1, 0))
+    item = torch.arange(total, device=lo.device)
+    start = lo[row] + (item - first[row]) * chunk
     end = torch.minimum(start + chunk, hi[row])
+    if max_items is not None:
+        start = torch.where(item < first[-1], start, end)
     return row.to(torch.int32), start.to(torch.int32), end.to(torch.int32), first.to(torch.int32)
-
-
-def row_token_keys(offsets: Tensor, entries: Tensor, per_token: int) -> tuple[Tensor, int]:
-    """``(row · BIG + token)`` int64 per entry, ascending over the whole CSR list, and ``BIG`` (> any token).
-
-    Tokens ascend inside a row, so one binary search per bound (``searchsorted`` of ``r · BIG + t``) finds
-    the entry range of tokens ``[t_lo, t_hi)`` in every row; ``entries // per_token`` is the token.
-    """
-    rows = offsets.numel() - 1
-    counts = (offsets[1:] - offsets[:-1]).long()
-    row_of = torch.repeat_interleave(torch.arange(rows, device=offsets.device), counts, output_size=entries.numel())
-    big = int(entries.max()) // per_token + 1 if entries.numel() else 1
-    return row_of * big + entries.long() // per_token, big
 
 
 def compressed_offsets(cu_seqlens: Tensor, compress_block: int, compress_stride: int) -> Tensor:

@@ -24,7 +24,15 @@ from torch import Tensor
 
 from nsa_kernels.attention import CMP, SLC, SWD, branch_bwd, branch_fwd
 from nsa_kernels.combine import combine_bwd, combine_fwd
-from nsa_kernels.index import block_table, compressed_offsets, reverse_index, tile_table, tile_union
+from nsa_kernels.index import (
+    block_table,
+    compressed_offsets,
+    host_lengths,
+    reverse_index,
+    tile_count,
+    tile_table,
+    tile_union,
+)
 from nsa_kernels.pool import pool_bwd, pool_fwd
 from nsa_kernels.selection import selection_bwd, selection_fwd, selection_plan
 from nsa_kernels.topk import select_fwd
@@ -43,6 +51,7 @@ TUNING = {
         "fwd_item": 288,
         "bwd_item": 1152,
         "partial_elems": 2**30,
+        "dq_partials_fp32": True,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
@@ -55,26 +64,49 @@ work item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile
 SELECTION = {"algo": "block"}
 
 
-def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int) -> dict:
+def _compressed_lengths(lens: list[int], geometry: dict) -> list[int]:
+    CL, CS = geometry["compress_block"], geometry["compress_stride"]
+    return [(n - CL) // CS + 1 if n >= CL else 0 for n in lens]
+
+
+def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int, lens: list[int] | None = None) -> dict:
+    """Index tables of one launch setting; with host ``lens`` (:func:`~nsa_kernels.index.host_lengths`) no sync."""
+    if lens is None:
+        lens = (cu[1:] - cu[:-1]).tolist()
     G = HQ // HKV
     TT = max(block_m, 1 << (G - 1).bit_length(), 16) // G
-    lens = (cu[1:] - cu[:-1]).long()
     SB = geometry["select_block"]
     cu_keys_cmp = compressed_offsets(cu, geometry["compress_block"], geometry["compress_stride"])
-    cmp_tiles = block_table(cu_keys_cmp, 64)[:2]
-    longest = int(lens.max()) if lens.numel() else 0
-    busy = max(cmp_tiles[0].numel() * HKV, 1)
+    cmp_lens = _compressed_lengths(lens, geometry)
+    cmp_tiles = block_table(cu_keys_cmp, 64, cmp_lens)[:2]
+    longest = max(lens, default=0)
+    busy = max(tile_count(cmp_lens, 64) * HKV, 1)
     return {
         "cu_seqlens": cu,
+        "lens": lens,
+        "cmp_lens": cmp_lens,
         "tokens_per_tile": TT,
-        "tiles": tile_table(cu, TT),
+        "tiles": tile_table(cu, TT, lens),
         "cu_keys_cmp": cu_keys_cmp,
         "cmp_tiles": cmp_tiles,
         "cmp_splits": max(1, min(64, math.ceil(512 / busy), math.ceil(longest / 512))),
-        "key_tiles": block_table(cu, 64)[:2],
-        "slc_blocks": block_table(cu, SB)[:2],
+        "key_tiles": block_table(cu, 64, lens)[:2],
+        "slc_blocks": block_table(cu, SB, lens)[:2],
         "max_blocks": math.ceil(longest / SB),
     }
+
+
+class _Plans:
+    """Plans per ``block_m`` of one call, built once from the host lengths."""
+
+    def __init__(self, cu: Tensor, lens: list[int], HQ: int, HKV: int, geometry: dict):
+        self.args, self.cache = (cu, HQ, HKV, geometry), {}
+        self.lens = lens
+
+    def __call__(self, block_m: int) -> dict:
+        if block_m not in self.cache:
+            self.cache[block_m] = _plan(*self.args, block_m, self.lens)
+        return self.cache[block_m]
 
 
 def _with_selection(plan: dict, block_indices: Tensor, geometry: dict, need_csr: bool) -> dict:
@@ -93,7 +125,7 @@ def _flatten(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, cu_seqlens: Tensor 
     else:
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     flat = (x.reshape(B * T, *x.shape[2:]).contiguous() for x in (q, k, v, gates))
-    return (*flat, cu)
+    return (*flat, cu, host_lengths(cu_seqlens, B, T))
 
 
 def nsa_fwd(
@@ -111,11 +143,12 @@ def nsa_fwd(
     """Forward of all enabled branches on ``[B, T, H, D]`` inputs; returns the packed outputs by name."""
     B, T, HQ, _D = q.shape
     HKV = k.shape[2]
-    q, k, v, gates, cu = _flatten(q, k, v, gates, cu_seqlens)
+    q, k, v, gates, cu, lens = _flatten(q, k, v, gates, cu_seqlens)
+    plans = _Plans(cu, lens, HQ, HKV, geometry)
     out: dict = {"outputs": {}, "lse": {}}
     need_cmp = "cmp" in branches or ("slc" in branches and block_indices is None)
     if need_cmp:
-        plan = _plan(cu, HQ, HKV, geometry, TUNING["cmp"]["block_m"])
+        plan = plans(TUNING["cmp"]["block_m"])
         k_cmp, v_cmp = pool_fwd(
             k,
             v,
@@ -123,6 +156,7 @@ def nsa_fwd(
             plan["cu_keys_cmp"],
             compress_block=geometry["compress_block"],
             compress_stride=geometry["compress_stride"],
+            cmp_lens=plan["cmp_lens"],
         )
         o_cmp, lse_cmp = branch_fwd(
             q, k_cmp, v_cmp, mode=CMP, plan=plan, scale=scale, geometry=geometry, **TUNING["cmp"]
@@ -131,7 +165,7 @@ def nsa_fwd(
             out["outputs"]["cmp"], out["lse"]["cmp"] = o_cmp, lse_cmp
     if "slc" in branches:
         if block_indices is None:
-            plan = _plan(cu, HQ, HKV, geometry, TUNING["topk"]["block_m"])
+            plan = plans(TUNING["topk"]["block_m"])
             block_indices, out["scores"] = select_fwd(
                 q,
                 k_cmp,
@@ -146,23 +180,21 @@ def nsa_fwd(
             block_indices = block_indices.reshape(B * T, HKV, -1).to(torch.int32).contiguous()
         out["block_indices"] = block_indices
         if SELECTION["algo"] == "block":
-            plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
+            plan = plans(TUNING["slc_block"]["block_m"])
             tune = dict(TUNING["slc_block"])
             tune["item"] = tune.pop("fwd_item")
-            del tune["bwd_item"]
+            del tune["bwd_item"], tune["dq_partials_fp32"]
             sel = selection_plan(plan, block_indices, geometry["select_block"])
             out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
                 q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
             )
         else:
-            plan = _with_selection(
-                _plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, False
-            )
+            plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, False)
             out["outputs"]["slc"], out["lse"]["slc"] = branch_fwd(
                 q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
             )
     if "swd" in branches:
-        plan = _plan(cu, HQ, HKV, geometry, TUNING["swd"]["block_m"])
+        plan = plans(TUNING["swd"]["block_m"])
         out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
             q, k, v, mode=SWD, plan=plan, scale=scale, geometry=geometry, **TUNING["swd"]
         )
@@ -187,7 +219,8 @@ def nsa_bwd(
     """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype."""
     shape_q, shape_k, shape_g = q.shape, k.shape, gates.shape
     HQ, HKV = q.shape[2], k.shape[2]
-    q, k, v, gates, cu = _flatten(q, k, v, gates, cu_seqlens)
+    q, k, v, gates, cu, lens = _flatten(q, k, v, gates, cu_seqlens)
+    plans = _Plans(cu, lens, HQ, HKV, geometry)
     do = do.reshape(q.shape).contiguous()
     dgates, delta = combine_bwd(do, outputs, gates)
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
@@ -195,7 +228,7 @@ def nsa_bwd(
     accumulate = False
     common = dict(scale=scale, geometry=geometry)
     if "slc" in branches and SELECTION["algo"] == "block":
-        plan = _plan(cu, HQ, HKV, geometry, TUNING["slc_block"]["block_m"])
+        plan = plans(TUNING["slc_block"]["block_m"])
         tune = dict(TUNING["slc_block"])
         tune["item"] = tune.pop("bwd_item")
         del tune["fwd_item"]
@@ -206,7 +239,7 @@ def nsa_bwd(
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:
-        plan = _with_selection(_plan(cu, HQ, HKV, geometry, TUNING["slc"]["block_m"]), block_indices, geometry, True)
+        plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, True)
         dkv = branch_bwd(
             q,
             k,
@@ -225,7 +258,7 @@ def nsa_bwd(
         )
         accumulate = True
     if "swd" in branches:
-        plan = _plan(cu, HQ, HKV, geometry, TUNING["swd"]["block_m"])
+        plan = plans(TUNING["swd"]["block_m"])
         dkv = branch_bwd(
             q,
             k,
@@ -246,9 +279,9 @@ def nsa_bwd(
     if dkv is not None:
         dkv = (dkv[0][0], dkv[1][0])
     if "cmp" in branches:
-        plan = _plan(cu, HQ, HKV, geometry, TUNING["cmp"]["block_m"])
+        plan = plans(TUNING["cmp"]["block_m"])
         pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
-        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], **pool)
+        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], **pool)
         dk_cmp, dv_cmp = branch_bwd(
             q,
             k_cmp,
@@ -264,7 +297,7 @@ def nsa_bwd(
             **common,
             **TUNING["cmp"],
         )
-        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], **pool)
+        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, **pool)
     dtype = q.dtype
     return (
         dq.to(dtype).reshape(shape_q),

@@ -102,10 +102,14 @@ def pool_fwd(
     *,
     compress_block: int,
     compress_stride: int,
+    cmp_lens: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compressed keys and values ``[NC, HKV, D]`` of packed ``k``/``v`` ``[N, HKV, D]``."""
+    """Compressed keys and values ``[NC, HKV, D]`` of packed ``k``/``v`` ``[N, HKV, D]``.
+
+    ``cmp_lens``: host compressed lengths per sequence (no device sync), else read from ``cu_keys``.
+    """
     _N, HKV, D = k.shape
-    seq, rel = positions(cu_keys, int(cu_keys[-1]))
+    seq, rel = positions(cu_keys, int(cu_keys[-1]) if cmp_lens is None else sum(cmp_lens))
     NC = seq.numel()
     k_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
     v_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
@@ -128,14 +132,18 @@ def pool_bwd(
     *,
     compress_block: int,
     compress_stride: int,
+    lens: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spread ``dk_cmp``/``dv_cmp`` back onto the tokens; adds into ``dkv`` (fp32 ``[N, HKV, D]``) if given."""
+    """Spread ``dk_cmp``/``dv_cmp`` back onto the tokens; adds into ``dkv`` (fp32 ``[N, HKV, D]``) if given.
+
+    ``lens``: host sequence lengths (no device sync).
+    """
     _NC, HKV, D = dk_cmp.shape
     BT = 64
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(n_tokens, HKV, D, device=dk_cmp.device, dtype=torch.float32) for _ in range(2))
-    tile_seq, tile_start = tile_table(cu_seqlens, BT)
+    tile_seq, tile_start = tile_table(cu_seqlens, BT, lens)
     if tile_seq.numel():
         pool_bwd_kernel_mean[(tile_seq.numel(), HKV)](
             dk_cmp, dv_cmp, dkv[0], dkv[1], cu_seqlens, cu_keys, tile_seq, tile_start,

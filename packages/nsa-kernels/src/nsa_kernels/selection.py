@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from nsa_kernels.attention import LOG2E, _load_grad_rows, _load_keys, _load_rows
-from nsa_kernels.index import reverse_index, row_token_keys, work_chunks
+from nsa_kernels.index import selection_csr, work_chunks
 
 
 @triton.jit
@@ -160,7 +160,7 @@ def slc_bwd_kernel_block(
     gates,  # [N, HQ, 3]
     lse,  # [N, HQ] natural log, of the selection branch
     delta,  # [N, HQ]
-    dq_part,  # [E, G, D] fp32
+    dq_part,  # [E, G, D] fp32 or the input dtype
     dk_part,  # [NW, BN, D] fp32
     dv_part,  # [NW, BN, D] fp32
     cu_seqlens,
@@ -222,7 +222,11 @@ def slc_bwd_kernel_block(
         dk_acc += tl.dot(tl.trans(ds), qt)
         dq = tl.dot(ds, kt) * scale
         pe = (e - e_base) * G + g
-        tl.store(dq_part + pe[:, None] * D + d[None, :], dq, mask=row_ok[:, None] & (d[None, :] < D))
+        tl.store(
+            dq_part + pe[:, None] * D + d[None, :],
+            dq.to(dq_part.dtype.element_ty),
+            mask=row_ok[:, None] & (d[None, :] < D),
+        )
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
@@ -276,7 +280,7 @@ def slc_bwd_kernel_reduce_dkv(
 
 @triton.jit
 def slc_bwd_kernel_reduce_dq(
-    dq_part,  # [E, G, D] fp32
+    dq_part,  # [E, G, D] fp32 or the input dtype
     blk_idx,  # [N, HKV, S]
     dq,  # [N, HQ, D] fp32
     t_base,
@@ -303,7 +307,9 @@ def slc_bwd_kernel_reduce_dq(
         e = (t * HKV + h) * S + slot
         ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
         pe = (((t - t_base) * HKV + h) * S + slot) * G + g
-        acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
+        acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0).to(
+            tl.float32
+        )
     ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -313,21 +319,25 @@ def slc_bwd_kernel_reduce_dq(
 
 def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -> dict:
     """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range."""
-    _N, HKV, S = block_indices.shape
-    off, ent = reverse_index(block_indices, plan["cu_seqlens"], select_block, entries=True)
-    key, big = row_token_keys(off, ent, HKV * S)
-    return {"entries": ent, "key": key, "big": big, "rows": off.numel() - 1, "block_indices": block_indices}
+    _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
+    return {"entries": ent, "key": key, "big": big, "rows": rows, "block_indices": block_indices}
 
 
 def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int):
-    """Token ranges of at most ``partial_elems / per_token_elems`` tokens and the work items of each."""
+    """Token ranges of at most ``partial_elems / per_token_elems`` tokens and the work items of each.
+
+    Work items are sized by an upper bound (no device sync): ``E / item`` full items plus one partial
+    item per CSR row, ``E`` = the range's selections.
+    """
     step = max(1, partial_elems // per_token_elems)
+    _, HKV, S = sel["block_indices"].shape
     base = torch.arange(sel["rows"], device=sel["key"].device, dtype=torch.int64) * sel["big"]
     for t_lo in range(0, N, step):
         t_hi = min(t_lo + step, N)
         lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
         hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
-        yield t_lo, t_hi, work_chunks(lo, hi, item)
+        entries = (t_hi - t_lo) * HKV * S
+        yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
 
 
 def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -401,10 +411,13 @@ def selection_bwd(
     num_stages: int = 2,
     item: int = 1152,
     partial_elems: int = 2**30,
+    dq_partials_fp32: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
+    ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
+    the reduction stays fp32).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -415,7 +428,8 @@ def selection_bwd(
     S = blk_idx.shape[-1]
     blk_seq, blk_start = plan["slc_blocks"]
     step = max(1, partial_elems // (HQ * S * D))
-    dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=torch.float32)
+    part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
+    dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     accumulate = dkv is not None
     if dkv is None:

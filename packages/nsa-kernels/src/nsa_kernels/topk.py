@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.index import positions, tile_table
+from nsa_kernels.index import positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
 """Largest number of (token, KV head, block) scores held at once."""
@@ -225,8 +225,10 @@ def select_fwd(
     GP = triton.next_power_of_2(G) if pad_heads else G
     TT = BM // GP
     cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
-    tile_seq, tile_start = tile_table(cu, TT) if pad_heads else plan["tiles"]
-    n_cmp = int((cu_keys[1:] - cu_keys[:-1]).max()) if cu.numel() > 1 else 0
+    lens = plan["lens"]
+    tile_tt = TT if pad_heads else plan["tokens_per_tile"]
+    tile_seq, tile_start = tile_table(cu, TT, lens) if pad_heads else plan["tiles"]
+    n_cmp = max(plan["cmp_lens"], default=0)
     n_sel = plan["max_blocks"]
     SB, CL, CS = geometry["select_block"], geometry["compress_block"], geometry["compress_stride"]
     identity = CL == CS == SB
@@ -247,8 +249,8 @@ def select_fwd(
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
-        t_lo = int(tile_start[lo])
-        t_hi = N if hi == tile_seq.numel() else int(tile_start[hi])
+        t_lo = tile_first_token(lens, tile_tt, lo)
+        t_hi = N if hi == tile_seq.numel() else tile_first_token(lens, tile_tt, hi)
         alloc = torch.empty if identity and not return_scores else torch.zeros
         buf = alloc(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
         topk_fwd_kernel_scores[(hi - lo, HKV)](
