@@ -176,7 +176,7 @@ SLC_VARIANTS = [
     ("block", {"num_stages": 3}),
     ("block", {"fwd_item": 576, "bwd_item": 2304}),
     ("block", {"partial_elems": 2**31}),
-    ("block", {"dq_partials_fp32": False}),
+    ("block", {"dq_partials_fp32": True}),
 ]
 
 

@@ -51,7 +51,7 @@ TUNING = {
         "fwd_item": 288,
         "bwd_item": 1152,
         "partial_elems": 2**30,
-        "dq_partials_fp32": True,
+        "dq_partials_fp32": False,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
