@@ -4,8 +4,8 @@ One process, one GPU. For each T: forward and forward+backward medians (``triton
 with p20/p80) of ours (all three branches and gates), SDPA cuDNN and flash (causal, ``enable_gqa``), and
 fla-core 0.6.0 ``parallel_nsa`` (cmp + slc, no window, query heads padded to 16 per KV head) when it
 imports; per-branch times of ours; selection variants (block-outer vs tile-outer, launch settings);
-on request a second, separately labelled structured (temporally smooth) input with the block-overlap
-statistics of both inputs; TFLOP/s on the FLOPs each method executes (NSA cost model of
+compression dK/dV variants; on request a second, separately labelled structured (temporally smooth)
+input with the block-overlap statistics of both inputs; TFLOP/s on the FLOPs each method executes (NSA cost model of
 ``kernel-notes.md`` §3, dense causal for SDPA, 64 padded heads for fla); peak memory.
 
 Run: ``python benchmarks/attention.py --seqlens 8192 32768 65536 131072 --json out.json``.
@@ -177,20 +177,30 @@ SLC_VARIANTS = [
     ("block", {"fwd_item": 576, "bwd_item": 2304}),
     ("block", {"partial_elems": 2**31}),
     ("block", {"dq_partials_fp32": True}),
+    ("tile", {"block_m": 16}),
+]
+CMP_VARIANTS = [
+    {"block_n": 64, "num_warps": 4, "span": 0},
+    {"block_n": 128, "num_warps": 8, "span": 0},
+    {"block_n": 128, "num_warps": 4, "span": 0},
+    {"block_n": 64, "num_warps": 4, "span": 4096},
+    {"block_n": 128, "num_warps": 8, "span": 4096},
+    {"block_n": 128, "num_warps": 8, "span": 2048},
 ]
 
 
-def variants(T: int, structured: bool = False) -> list[dict]:
-    """Selection forward and forward+backward (given indices) per algorithm and launch setting."""
+def variants(T: int, structured: bool = False, which: list[int] | None = None) -> list[dict]:
+    """Selection forward and forward+backward (given indices) per algorithm and launch setting
+    (``which``: indices into ``SLC_VARIANTS``, default all)."""
     q, k, v, g = inputs(T, structured=structured)
     with torch.no_grad():
         _, aux = nsa_func(q, k, v, g, **NSA, return_aux=True)
     idx = aux["block_indices"]
     rows = []
     base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
-    for algo, settings in SLC_VARIANTS:
+    for algo, settings in [SLC_VARIANTS[i] for i in (which if which is not None else range(len(SLC_VARIANTS)))]:
         nsa.SELECTION["algo"] = algo
-        nsa.TUNING["slc_block"].update(settings)
+        nsa.TUNING["slc_block" if algo == "block" else "slc"].update(settings)
         fn = lambda: nsa_func(q, k, v, g, **{**NSA, "branches": ("slc",), "block_indices": idx})  # noqa: E731
         do = torch.randn_like(q)
         try:
@@ -201,6 +211,24 @@ def variants(T: int, structured: bool = False) -> list[dict]:
         nsa.SELECTION["algo"] = "block"
         nsa.TUNING.clear()
         nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
+    return rows
+
+
+def cmp_variant_rows(T: int) -> list[dict]:
+    """Compression branch alone (fwd, fwd+bwd) per compression dK/dV setting (``TUNING["cmp_dkv"]``)."""
+    q, k, v, g = inputs(T)
+    base = dict(nsa.TUNING["cmp_dkv"])
+    rows = []
+    for settings in CMP_VARIANTS:
+        nsa.TUNING["cmp_dkv"] = dict(settings)
+        fn = lambda: nsa_func(q, k, v, g, **{**NSA, "branches": ("cmp",)})  # noqa: E731
+        do = torch.randn_like(q)
+        try:
+            rows.append({"T": T, "settings": settings, "fwd": bench(fn),
+                         "fwd_bwd": bench(lambda fn=fn, do=do: fn().backward(do), (q, k, v, g))})  # fmt: skip
+        except Exception as error:
+            print(f"T={T:>6} cmp variant {settings} failed: {error!r}"[:400], flush=True)
+    nsa.TUNING["cmp_dkv"] = base
     return rows
 
 
@@ -256,6 +284,8 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--branches-at", type=int, nargs="*", default=[8192, 65536, 131072])
     parser.add_argument("--variants-at", type=int, nargs="*", default=[32768])
+    parser.add_argument("--slc-variants", type=int, nargs="*", default=None, help="indices into SLC_VARIANTS")
+    parser.add_argument("--cmp-variants-at", type=int, nargs="*", default=[])
     parser.add_argument("--structured-at", type=int, nargs="*", default=[])
     parser.add_argument("--topn-at", type=int, nargs="*", default=[])
     parser.add_argument("--graph-at", type=int, nargs="*", default=[], help="ours captured in CUDA graphs")
@@ -302,10 +332,15 @@ def main() -> None:
                 print(f"T={T:>6} branch {row['branch']:>15}  fwd {row['fwd'][0]:9.3f} ms  "
                       f"fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
         if T in args.variants_at:
-            for row in variants(T):
+            for row in variants(T, which=args.slc_variants):
                 results["variants"].append(row)
                 print(f"T={T:>6} slc variant {row['algo']} {row['settings']}  "
                       f"fwd {row['fwd'][0]:9.3f} ms  fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
+        if T in args.cmp_variants_at:
+            for row in cmp_variant_rows(T):
+                results.setdefault("cmp_variants", []).append(row)
+                print(f"T={T:>6} cmp variant {row['settings']}  fwd {row['fwd'][0]:9.3f} ms  "
+                      f"fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
         if T in args.topn_at:
             for row in topn_rows(T):
                 results.setdefault("topn", []).append(row)

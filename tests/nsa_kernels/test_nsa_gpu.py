@@ -88,6 +88,19 @@ def test_videonsa_geometry_flash_attention_rule(T, HKV, backward, dq_fp32, monke
         assert rel_err(a, b) <= 2 * rel_err(c, b) + 1e-4, name
 
 
+@pytest.mark.parametrize(
+    "cmp_dkv",
+    [{"block_n": 128, "num_warps": 8, "span": 0}, {"block_n": 128, "num_warps": 8, "span": 1024},
+     {"block_n": 64, "num_warps": 4, "span": 1024}],
+    ids=["keys128", "keys128-span1024", "keys64-span1024"],
+)  # fmt: skip
+def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.TUNING, "cmp_dkv", cmp_dkv)
+    test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
+
+
 def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
     """No device sync on the hot path (sync debug mode 'error'), and one captured CUDA graph of forward +
     backward replays to the eager results bit for bit on new inputs."""

@@ -197,3 +197,25 @@ def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, 
     ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
     for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
         assert rel_err(got, want) < 2e-2, name
+
+
+@pytest.mark.parametrize(
+    "cmp_dkv",
+    [{"block_n": 128, "num_warps": 8, "span": 0}, {"block_n": 16, "num_warps": 4, "span": 13}],
+    ids=["keys128", "keys16-span13"],
+)
+def test_compression_dkv_tiles_and_token_chunks(cmp_dkv, monkeypatch, poison_empty):
+    """Compression dK/dV with 128- and 16-key programs, equal shares or 13-token chunks, varlen."""
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.TUNING, "cmp_dkv", cmp_dkv)
+    config = small_config(compress_block=8, compress_stride=4, window=33)
+    cu_seqlens = torch.tensor([0, 37, 37, 150], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 150, 2, 7, 32, torch.bfloat16)
+    o, aux = _run(q, k, v, g, config, cu_seqlens)
+    ref = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v, g), do)
+    ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
+    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
+        assert rel_err(got, want) < 2e-2, name

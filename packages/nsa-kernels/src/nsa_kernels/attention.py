@@ -12,8 +12,9 @@ per query head. The branch (``MODE``) only decides which keys a tile visits and 
 
 dK/dV run one program per key tile (a selection block for ``SLC``) over the query rows that see it:
 a contiguous token range for ``SWD`` and ``CMP`` (the latter split into ``NSPLIT`` partial sums, reduced
-in order), or the block's CSR list of tokens for ``SLC``. Everything is written with plain stores;
-branches that add into one buffer run one after another, so results are deterministic.
+in order: equal shares of each key tile's range, or with ``SPAN > 0`` chunks of ``SPAN`` tokens, so every
+program does about the same work), or the block's CSR list of tokens for ``SLC``. Everything is written
+with plain stores; branches that add into one buffer run one after another, so results are deterministic.
 
 Shape legend:
     N packed tokens (B·T, or the total of ``cu_seqlens``), NK keys of the branch (N, or NC compressed
@@ -27,6 +28,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from nsa_kernels.index import block_table, tile_count
 
 CMP, SLC, SWD = 0, 1, 2
 LOG2E = 1.4426950408889634
@@ -324,6 +327,7 @@ def branch_bwd_kernel_dkv(
     SB: tl.constexpr,
     W: tl.constexpr,
     NSPLIT: tl.constexpr,
+    SPAN: tl.constexpr,
     ACCUMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -353,6 +357,8 @@ def branch_bwd_kernel_dkv(
     elif MODE == 0:
         first = k0 * CS + CL - 1
         span = tl.cdiv(tl.cdiv(tl.maximum(eos - bos - first, 0), NSPLIT), TT) * TT
+        if SPAN > 0:
+            span = SPAN
         lo = first + split * span
         hi = tl.minimum(lo + span, eos - bos)
     else:
@@ -464,6 +470,7 @@ def branch_bwd(
     dkv_block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    cmp_dkv: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -471,6 +478,8 @@ def branch_bwd(
     ``dkv`` is ``None``, accumulated otherwise). For ``CMP`` they are the gradients of the compressed
     keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges. ``block_m`` sets the
     rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
+    ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
+    ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens).
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -504,10 +513,20 @@ def branch_bwd(
         csr_off = csr_tok = dummy
         BN, nsplit = 64, 1
     else:
-        ktile_seq, ktile_start = plan["cmp_tiles"]
+        cfg = {"block_n": 64, "num_warps": num_warps, "span": 0, **(cmp_dkv or {})}
+        BN, span = cfg["block_n"], cfg["span"]
+        if BN == 64:
+            ktile_seq, ktile_start = plan["cmp_tiles"]
+        else:
+            ktile_seq, ktile_start = block_table(cu_keys, BN, plan["cmp_lens"])[:2]
         csr_off = csr_tok = dummy
-        BN = 64
-        nsplit = plan["cmp_splits"]
+        longest = max(plan["lens"], default=0)
+        if span > 0:
+            nsplit = max(1, triton.cdiv(longest, span))
+        else:
+            busy = max(tile_count(plan["cmp_lens"], BN) * HKV, 1)
+            nsplit = max(1, min(64, triton.cdiv(512, busy), triton.cdiv(longest, 512)))
+        common["num_warps"] = cfg["num_warps"]
     accumulate = dkv is not None and mode != CMP
     if mode == CMP or dkv is None:
         shape = (nsplit, NK, HKV, D)
@@ -518,7 +537,8 @@ def branch_bwd(
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1],
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
-            BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, ACCUMULATE=accumulate, **common,
+            BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
+            ACCUMULATE=accumulate, **common,
         )  # fmt: skip
     if mode == CMP:
         return dkv[0].sum(0), dkv[1].sum(0)

@@ -29,7 +29,6 @@ from nsa_kernels.index import (
     compressed_offsets,
     host_lengths,
     reverse_index,
-    tile_count,
     tile_table,
     tile_union,
 )
@@ -43,6 +42,7 @@ GEOMETRY_KEYS = (
 )  # fmt: skip
 TUNING = {
     "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 0},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "slc_block": {
         "block_m": 64,
@@ -58,8 +58,10 @@ TUNING = {
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 
-``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per
-work item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``.
+``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
+0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
+(:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
+``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``.
 """
 SELECTION = {"algo": "block"}
 
@@ -80,7 +82,6 @@ def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int, lens: lis
     cmp_lens = _compressed_lengths(lens, geometry)
     cmp_tiles = block_table(cu_keys_cmp, 64, cmp_lens)[:2]
     longest = max(lens, default=0)
-    busy = max(tile_count(cmp_lens, 64) * HKV, 1)
     return {
         "cu_seqlens": cu,
         "lens": lens,
@@ -89,7 +90,6 @@ def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int, lens: lis
         "tiles": tile_table(cu, TT, lens),
         "cu_keys_cmp": cu_keys_cmp,
         "cmp_tiles": cmp_tiles,
-        "cmp_splits": max(1, min(64, math.ceil(512 / busy), math.ceil(longest / 512))),
         "key_tiles": block_table(cu, 64, lens)[:2],
         "slc_blocks": block_table(cu, SB, lens)[:2],
         "max_blocks": math.ceil(longest / SB),
@@ -294,6 +294,7 @@ def nsa_bwd(
             mode=CMP,
             plan=plan,
             accumulate_dq=accumulate,
+            cmp_dkv=TUNING["cmp_dkv"],
             **common,
             **TUNING["cmp"],
         )
