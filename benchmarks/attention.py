@@ -181,11 +181,10 @@ SLC_VARIANTS = [
 ]
 CMP_VARIANTS = [
     {"block_n": 64, "num_warps": 4, "span": 0},
-    {"block_n": 128, "num_warps": 8, "span": 0},
-    {"block_n": 128, "num_warps": 4, "span": 0},
+    {"block_n": 64, "num_warps": 4, "span": 2048},
     {"block_n": 64, "num_warps": 4, "span": 4096},
-    {"block_n": 128, "num_warps": 8, "span": 4096},
-    {"block_n": 128, "num_warps": 8, "span": 2048},
+    {"block_n": 64, "num_warps": 4, "span": 8192},
+    {"block_n": 128, "num_warps": 4, "span": 4096},
 ]
 
 

@@ -479,7 +479,8 @@ def branch_bwd(
     keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges. ``block_m`` sets the
     rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
     ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
-    ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens).
+    ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
+    that gives more programs than the equal shares).
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -521,11 +522,12 @@ def branch_bwd(
             ktile_seq, ktile_start = block_table(cu_keys, BN, plan["cmp_lens"])[:2]
         csr_off = csr_tok = dummy
         longest = max(plan["lens"], default=0)
-        if span > 0:
-            nsplit = max(1, triton.cdiv(longest, span))
+        busy = max(tile_count(plan["cmp_lens"], BN) * HKV, 1)
+        nsplit = max(1, min(64, triton.cdiv(512, busy), triton.cdiv(longest, 512)))
+        if span > 0 and triton.cdiv(longest, span) > nsplit:
+            nsplit = triton.cdiv(longest, span)
         else:
-            busy = max(tile_count(plan["cmp_lens"], BN) * HKV, 1)
-            nsplit = max(1, min(64, triton.cdiv(512, busy), triton.cdiv(longest, 512)))
+            span = 0
         common["num_warps"] = cfg["num_warps"]
     accumulate = dkv is not None and mode != CMP
     if mode == CMP or dkv is None:

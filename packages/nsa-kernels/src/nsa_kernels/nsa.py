@@ -42,7 +42,7 @@ GEOMETRY_KEYS = (
 )  # fmt: skip
 TUNING = {
     "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 0},
+    "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 4096},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "slc_block": {
         "block_m": 64,
@@ -50,7 +50,7 @@ TUNING = {
         "num_stages": 2,
         "fwd_item": 288,
         "bwd_item": 1152,
-        "partial_elems": 2**30,
+        "partial_elems": 2**31,
         "dq_partials_fp32": False,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
