@@ -36,6 +36,22 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _token_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid, h, BM: tl.constexpr, G: tl.constexpr, GP: tl.constexpr):
+    # rows token·GP + head of one token tile, GP >= G rows per token (rows with head >= G masked);
+    # returns the tile's first token, its sequence's bounds, first compressed key and the per-row t, head, mask
+    seq = tl.load(tile_seq + pid)
+    t0 = tl.load(tile_start + pid)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    kbos = tl.load(cu_keys + seq)
+    r = tl.arange(0, BM)
+    tok = r // GP
+    t = t0 + tok
+    row_ok = (tok < BM // GP) & (t < eos) & (r % GP < G)
+    return t0, bos, eos, kbos, t, h * G + r % GP, row_ok
+
+
+@triton.jit
 def _load_rows(x, t, head, d, row_ok, HQ: tl.constexpr, D: tl.constexpr):
     # [BM, BD] rows (token t, query head) of a [N, HQ, D] tensor
     ptrs = x + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
@@ -96,16 +112,7 @@ def branch_fwd_kernel_attn(
     pid = tl.program_id(0)
     h = tl.program_id(1)
     TT: tl.constexpr = BM // G
-    seq = tl.load(tile_seq + pid)
-    t0 = tl.load(tile_start + pid)
-    bos = tl.load(cu_seqlens + seq)
-    eos = tl.load(cu_seqlens + seq + 1)
-    kbos = tl.load(cu_keys + seq)
-    r = tl.arange(0, BM)
-    tok = r // G
-    head = h * G + r % G
-    t = t0 + tok
-    row_ok = (tok < TT) & (t < eos)
+    t0, bos, eos, kbos, t, head, row_ok = _token_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid, h, BM, G, G)
     t_rel = t - bos
     t_first = t0 - bos
     t_last = tl.minimum(t0 + TT, eos) - 1 - bos
@@ -225,16 +232,7 @@ def branch_bwd_kernel_dq(
     pid = tl.program_id(0)
     h = tl.program_id(1)
     TT: tl.constexpr = BM // G
-    seq = tl.load(tile_seq + pid)
-    t0 = tl.load(tile_start + pid)
-    bos = tl.load(cu_seqlens + seq)
-    eos = tl.load(cu_seqlens + seq + 1)
-    kbos = tl.load(cu_keys + seq)
-    r = tl.arange(0, BM)
-    tok = r // G
-    head = h * G + r % G
-    t = t0 + tok
-    row_ok = (tok < TT) & (t < eos)
+    t0, bos, eos, kbos, t, head, row_ok = _token_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid, h, BM, G, G)
     t_rel = t - bos
     t_first = t0 - bos
     t_last = tl.minimum(t0 + TT, eos) - 1 - bos

@@ -29,6 +29,17 @@ from nsa_kernels.index import selection_csr, work_chunks
 
 
 @triton.jit
+def _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB):
+    # one work item: KV head h, a selection block (first key k0) of a sequence [bos, eos), selections [lo, hi)
+    row = tl.load(item_row + pid)
+    b = row % NB
+    seq = tl.load(blk_seq + b)
+    bos = tl.load(cu_seqlens + seq)
+    eos = tl.load(cu_seqlens + seq + 1)
+    return row // NB, tl.load(blk_start + b), bos, eos, tl.load(item_lo + pid), tl.load(item_hi + pid)
+
+
+@triton.jit
 def slc_fwd_kernel_block(
     q,  # [N, HQ, D]
     k,  # [N, HKV, D]
@@ -57,15 +68,7 @@ def slc_fwd_kernel_block(
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
-    row = tl.load(item_row + pid)
-    h = row // NB
-    b = row % NB
-    seq = tl.load(blk_seq + b)
-    k0 = tl.load(blk_start + b)
-    bos = tl.load(cu_seqlens + seq)
-    eos = tl.load(cu_seqlens + seq + 1)
-    lo = tl.load(item_lo + pid)
-    hi = tl.load(item_hi + pid)
+    h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
     d = tl.arange(0, BD)
     kpos = k0 + tl.arange(0, BN)
     k_ok = (tl.arange(0, BN) < SB) & (kpos < eos - bos)
@@ -186,15 +189,7 @@ def slc_bwd_kernel_block(
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
-    row = tl.load(item_row + pid)
-    h = row // NB
-    b = row % NB
-    seq = tl.load(blk_seq + b)
-    k0 = tl.load(blk_start + b)
-    bos = tl.load(cu_seqlens + seq)
-    eos = tl.load(cu_seqlens + seq + 1)
-    lo = tl.load(item_lo + pid)
-    hi = tl.load(item_hi + pid)
+    h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
     d = tl.arange(0, BD)
     n = tl.arange(0, BN)
     kpos = k0 + n

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from nsa_kernels.attention import _load_rows, _token_tile
 from nsa_kernels.index import positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
@@ -57,25 +58,13 @@ def topk_fwd_kernel_scores(
     pid = tile_lo + tl.program_id(0)
     h = tl.program_id(1)
     TT: tl.constexpr = BM // GP
-    seq = tl.load(tile_seq + pid)
-    t0 = tl.load(tile_start + pid)
-    bos = tl.load(cu_seqlens + seq)
-    eos = tl.load(cu_seqlens + seq + 1)
-    kbos = tl.load(cu_keys + seq)
-    r = tl.arange(0, BM)
-    tok = r // GP
-    head = h * G + r % GP
-    t = t0 + tok
-    row_ok = (tok < TT) & (t < eos) & (r % GP < G)
+    t0, bos, eos, kbos, t, head, row_ok = _token_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid, h, BM, G, GP)
+    tok = tl.arange(0, BM) // GP
     t_rel = t - bos
     t_last = tl.minimum(t0 + TT, eos) - 1 - bos
     d = tl.arange(0, BD)
     cols = tl.arange(0, BN)
-    qt = tl.load(
-        q + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :],
-        mask=row_ok[:, None] & (d[None, :] < D),
-        other=0.0,
-    )
+    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
     lse_row = tl.load(lse + t.to(tl.int64) * HQ + head, mask=row_ok, other=float("-inf"))
     lse2 = tl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
     tt = tl.arange(0, TTP)
