@@ -7,8 +7,18 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+# The same no-network, no-telemetry settings as scripts/project-env.sh, for a bare `python -m pytest` too.
+for name, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(name, value)
 if not torch.cuda.is_available():
     # Triton reads this when @triton.jit decorates a kernel, and any test that loads the backend plugins imports
     # nsa_kernels; set it before the first test is collected so the CPU suite always runs the interpreter.
