@@ -231,6 +231,30 @@ def cmp_variant_rows(T: int) -> list[dict]:
     return rows
 
 
+def tuning_rows(T: int, overrides: list[str]) -> list[dict]:
+    """Ours (all branches, fwd and fwd+bwd) per ``TUNING`` override, each a JSON object in the format of
+    ``NSA_KERNELS_TUNING`` applied on top of the defaults (``{}`` = the defaults, measured in the same loop)."""
+    q, k, v, g = inputs(T)
+    do = torch.randn_like(q)
+    base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
+    rows = []
+
+    def fwd():
+        return nsa_func(q, k, v, g, **NSA)
+
+    for text in overrides:
+        for name, values in json.loads(text).items():
+            nsa.TUNING[name].update(values)
+        try:
+            rows.append({"T": T, "tuning": text, "fwd": bench(fwd),
+                         "fwd_bwd": bench(lambda: fwd().backward(do), (q, k, v, g))})  # fmt: skip
+        except Exception as error:
+            print(f"T={T:>6} tuning {text} failed: {error!r}"[:400], flush=True)
+        nsa.TUNING.clear()
+        nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
+    return rows
+
+
 def topn_rows(T: int) -> list[dict]:
     """Forward top-n parts: importance + selection (``select_fwd``) and the selection kernel alone on a
     random score buffer, per (rows per program, warps)."""
@@ -288,6 +312,8 @@ def main() -> None:
     parser.add_argument("--structured-at", type=int, nargs="*", default=[])
     parser.add_argument("--topn-at", type=int, nargs="*", default=[])
     parser.add_argument("--graph-at", type=int, nargs="*", default=[], help="ours captured in CUDA graphs")
+    parser.add_argument("--tuning-at", type=int, nargs="*", default=[])
+    parser.add_argument("--tuning", nargs="*", default=["{}"], help="TUNING overrides (JSON) timed at --tuning-at")
     parser.add_argument("--providers", nargs="*", default=None, help="subset of providers (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -344,6 +370,11 @@ def main() -> None:
             for row in topn_rows(T):
                 results.setdefault("topn", []).append(row)
                 print(f"T={T:>6} top-n part {row['part']}: {row['fwd'][0]:9.3f} ms", flush=True)
+        if T in args.tuning_at:
+            for row in tuning_rows(T, args.tuning):
+                results.setdefault("tuning", []).append(row)
+                print(f"T={T:>6} tuning {row['tuning']}  fwd {row['fwd'][0]:9.3f} ms  "
+                      f"fwd+bwd {row['fwd_bwd'][0]:9.3f} ms", flush=True)  # fmt: skip
         if T in args.graph_at:
             try:
                 row = {"T": T, **graphed(T)}

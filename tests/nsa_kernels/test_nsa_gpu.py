@@ -101,6 +101,19 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
     test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
 
 
+@pytest.mark.parametrize(
+    "slc_bwd",
+    [{}, {"bwd_block_m": 128, "bwd_num_warps": 8}],
+    ids=["slc-bwd-64rows", "slc-bwd-128rows-8warps"],
+)
+def test_key_major_dkv_flash_attention_rule(slc_bwd, monkeypatch):
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.TUNING, "key_major", {"cmp": True, "slc": True, "swd": True})
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **slc_bwd})
+    test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
+
+
 def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
     """No device sync on the hot path (sync debug mode 'error'), and one captured CUDA graph of forward +
     backward replays to the eager results bit for bit on new inputs."""

@@ -199,6 +199,27 @@ def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, 
         assert rel_err(got, want) < 2e-2, name
 
 
+@pytest.mark.parametrize("algo", ["block", "tile"])
+def test_key_major_dkv_matches_reference(algo, monkeypatch, poison_empty):
+    """dK/dV of every branch with keys × query rows as the MMA orientation, block-outer selection in
+    128-row steps, varlen with an empty sequence."""
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.SELECTION, "algo", algo)
+    monkeypatch.setitem(nsa.TUNING, "key_major", {"cmp": True, "slc": True, "swd": True})
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "bwd_block_m": 128})
+    config = small_config(num_selected=5, window=33)
+    cu_seqlens = torch.tensor([0, 41, 41, 133], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 133, 2, 7, 32, torch.bfloat16)
+    o, aux = _run(q, k, v, g, config, cu_seqlens)
+    ref = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v, g), do)
+    ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
+    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
+        assert rel_err(got, want) < 2e-2, name
+
+
 @pytest.mark.parametrize(
     "cmp_dkv",
     [{"block_n": 128, "num_warps": 8, "span": 0}, {"block_n": 16, "num_warps": 4, "span": 13}],
@@ -219,3 +240,31 @@ def test_compression_dkv_tiles_and_token_chunks(cmp_dkv, monkeypatch, poison_emp
     ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
     for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
         assert rel_err(got, want) < 2e-2, name
+
+
+def test_tuning_overrides_from_the_environment(monkeypatch):
+    from nsa_kernels import nsa
+
+    monkeypatch.setattr(nsa, "TUNING", {"swd": {"num_warps": 4, "block_m": 64}})
+    monkeypatch.setenv("NSA_KERNELS_TUNING", '{"swd": {"num_warps": 8}}')
+    nsa._tuning_from_env()
+    assert nsa.TUNING == {"swd": {"num_warps": 8, "block_m": 64}}
+    monkeypatch.setenv("NSA_KERNELS_TUNING", '{"swd": 8}')
+    with pytest.raises(ValueError, match="'swd' must be one of"):
+        nsa._tuning_from_env()
+    monkeypatch.setenv("NSA_KERNELS_TUNING", "{swd")
+    with pytest.raises(ValueError, match="NSA_KERNELS_TUNING is not JSON"):
+        nsa._tuning_from_env()
+
+
+def test_phase_tuning_overrides_one_phase():
+    from nsa_kernels import nsa
+
+    tune = {"num_warps": 4, "bwd_num_warps": 8, "fwd_item": 3, "bwd_item": 5, "partial_elems": 7}
+    original = nsa.TUNING["slc_block"]
+    nsa.TUNING["slc_block"] = tune
+    try:
+        assert nsa._phase_tuning("fwd") == {"num_warps": 4, "item": 3, "partial_elems": 7}
+        assert nsa._phase_tuning("bwd") == {"num_warps": 8, "item": 5, "partial_elems": 7}
+    finally:
+        nsa.TUNING["slc_block"] = original

@@ -183,6 +183,23 @@ def branch_bwd_kernel_dq_step(q, do, kt, vt, mask, lse2, delta, dq, scale2):
 
 
 @triton.jit
+def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR: tl.constexpr):
+    # dK/dV of one step over BM gathered query rows; dS comes back [BN, BM] when KEY_MAJOR (mask [BN, BM]:
+    # P^T and dS^T are the register A operands of the dV and dK MMAs), else [BM, BN]
+    if KEY_MAJOR:
+        pt = tl.where(mask, tl.exp2(tl.dot(kt, tl.trans(qt)) * scale2 - lse2[None, :]), 0.0)
+        dv_acc += tl.dot(pt.to(dot.dtype), dot)
+        ds = (pt * (tl.dot(vt, tl.trans(dot)) - delta_row[None, :])).to(qt.dtype)
+        dk_acc += tl.dot(ds, qt)
+    else:
+        p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
+        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
+        ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
+        dk_acc += tl.dot(tl.trans(ds), qt)
+    return dk_acc, dv_acc, ds
+
+
+@triton.jit
 def _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr):
     # gated dO rows, base-2 LSE (+inf for rows without keys, so p = 0) and delta of one branch
     g = tl.load(gates + t.to(tl.int64) * (HQ * 3) + head * 3 + C, mask=row_ok, other=0.0).to(tl.float32)
@@ -327,6 +344,7 @@ def branch_bwd_kernel_dkv(
     NSPLIT: tl.constexpr,
     SPAN: tl.constexpr,
     ACCUMULATE: tl.constexpr,
+    KEY_MAJOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -369,23 +387,17 @@ def branch_bwd_kernel_dkv(
         t_rel = t - bos
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
         dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        if MODE == 0:
-            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] * CS + CL - 1 <= t_rel[:, None])
-        elif MODE == 1:
-            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= t_rel[:, None])
+        if KEY_MAJOR:
+            key, key_ok, row, ok = kpos[:, None], k_ok[:, None], t_rel[None, :], row_ok[None, :]
         else:
-            mask = (
-                row_ok[:, None]
-                & k_ok[None, :]
-                & (kpos[None, :] <= t_rel[:, None])
-                & (kpos[None, :] > t_rel[:, None] - W)
-            )
-        s = tl.dot(qt, tl.trans(kt)) * scale2
-        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
-        dp = tl.dot(dot, tl.trans(vt))
-        ds = p * (dp - delta_row[:, None])
-        dk_acc += tl.dot(tl.trans(ds.to(qt.dtype)), qt)
+            key, key_ok, row, ok = kpos[None, :], k_ok[None, :], t_rel[:, None], row_ok[:, None]
+        if MODE == 0:
+            mask = ok & key_ok & (key * CS + CL - 1 <= row)
+        elif MODE == 1:
+            mask = ok & key_ok & (key <= row)
+        else:
+            mask = ok & key_ok & (key <= row) & (key > row - W)
+        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR)
 
     dk_acc = dk_acc * scale
     row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)
@@ -469,6 +481,7 @@ def branch_bwd(
     num_warps: int = 4,
     num_stages: int = 2,
     cmp_dkv: dict | None = None,
+    key_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -478,7 +491,8 @@ def branch_bwd(
     rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
     ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
-    that gives more programs than the equal shares).
+    that gives more programs than the equal shares). ``key_major`` runs the dK/dV MMAs as keys × query rows
+    (:func:`_dkv_step`).
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -538,7 +552,7 @@ def branch_bwd(
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
             BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
-            ACCUMULATE=accumulate, **common,
+            ACCUMULATE=accumulate, KEY_MAJOR=key_major, **common,
         )  # fmt: skip
     if mode == CMP:
         return dkv[0].sum(0), dkv[1].sum(0)

@@ -43,6 +43,19 @@ def tile_first_token(lens: list[int], size: int, tile: int) -> int:
     return pos
 
 
+def longest_prefix(lens: list[int], lo: int, hi: int) -> int:
+    """Largest ``position + 1`` inside its sequence over the packed tokens ``[lo, hi)``."""
+    best, start = 0, 0
+    for n in lens:
+        end = start + n
+        if end > lo and start < hi:
+            best = max(best, min(hi, end) - start)
+        if end >= hi:
+            break
+        start = end
+    return best
+
+
 def tile_table(cu_seqlens: Tensor, size: int, lens: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """Tiles of ``size`` consecutive positions inside each sequence.
 

@@ -17,7 +17,9 @@ Shape legend:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -55,15 +57,48 @@ TUNING = {
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
+    "key_major": {"cmp": False, "slc": False, "swd": False},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 
 ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
-``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``.
+``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
+override ``x`` in one phase. ``key_major`` orients each branch's dK/dV MMAs as keys by query rows.
+``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
+
+
+def _tuning_from_env() -> None:
+    text = os.environ.get("NSA_KERNELS_TUNING", "")
+    if not text:
+        return
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        example = '{"swd": {"num_warps": 8}}'
+        raise ValueError(f"NSA_KERNELS_TUNING is not JSON ({error}); write e.g. {example}") from error
+    for name, values in overrides.items():
+        if name not in TUNING or not isinstance(values, dict):
+            raise ValueError(f"NSA_KERNELS_TUNING entry {name!r} must be one of {sorted(TUNING)} mapped to an object")
+        TUNING[name].update(values)
+
+
+_tuning_from_env()
+
+
+def _phase_tuning(phase: str) -> dict:
+    """``TUNING["slc_block"]`` for one phase: ``fwd_x`` / ``bwd_x`` keys override ``x`` in their phase only."""
+    tune = {}
+    for key, value in TUNING["slc_block"].items():
+        prefix, _, name = key.partition("_")
+        if prefix not in ("fwd", "bwd"):
+            tune.setdefault(key, value)
+        elif prefix == phase:
+            tune[name] = value
+    return tune
 
 
 def _compressed_lengths(lens: list[int], geometry: dict) -> list[int]:
@@ -181,9 +216,8 @@ def nsa_fwd(
         out["block_indices"] = block_indices
         if SELECTION["algo"] == "block":
             plan = plans(TUNING["slc_block"]["block_m"])
-            tune = dict(TUNING["slc_block"])
-            tune["item"] = tune.pop("fwd_item")
-            del tune["bwd_item"], tune["dq_partials_fp32"]
+            tune = _phase_tuning("fwd")
+            del tune["dq_partials_fp32"]
             sel = selection_plan(plan, block_indices, geometry["select_block"])
             out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
                 q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
@@ -229,13 +263,11 @@ def nsa_bwd(
     common = dict(scale=scale, geometry=geometry)
     if "slc" in branches and SELECTION["algo"] == "block":
         plan = plans(TUNING["slc_block"]["block_m"])
-        tune = dict(TUNING["slc_block"])
-        tune["item"] = tune.pop("bwd_item")
-        del tune["fwd_item"]
+        tune = _phase_tuning("bwd")
         sel = selection_plan(plan, block_indices, geometry["select_block"])
         dkv = selection_bwd(
             q, k, v, do, gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, **tune,
+            select_block=geometry["select_block"], accumulate_dq=False, key_major=TUNING["key_major"]["slc"], **tune,
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:
@@ -251,6 +283,7 @@ def nsa_bwd(
             dq,
             mode=SLC,
             plan=plan,
+            key_major=TUNING["key_major"]["slc"],
             accumulate_dq=False,
             dkv=None,
             **common,
@@ -270,6 +303,7 @@ def nsa_bwd(
             dq,
             mode=SWD,
             plan=plan,
+            key_major=TUNING["key_major"]["swd"],
             accumulate_dq=accumulate,
             dkv=dkv,
             **common,
@@ -293,6 +327,7 @@ def nsa_bwd(
             dq,
             mode=CMP,
             plan=plan,
+            key_major=TUNING["key_major"]["cmp"],
             accumulate_dq=accumulate,
             cmp_dkv=TUNING["cmp_dkv"],
             **common,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import LOG2E, _load_grad_rows, _load_keys, _load_rows
+from nsa_kernels.attention import LOG2E, _dkv_step, _load_grad_rows, _load_keys, _load_rows
 from nsa_kernels.index import selection_csr, work_chunks
 
 
@@ -186,6 +186,7 @@ def slc_bwd_kernel_block(
     BN: tl.constexpr,
     SB: tl.constexpr,
     S: tl.constexpr,
+    KEY_MAJOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -208,13 +209,13 @@ def slc_bwd_kernel_block(
         t = e // (HKV * S)
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
         dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, 1, HQ, D)
-        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
-        s = tl.dot(qt, tl.trans(kt)) * scale2
-        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
-        dp = tl.dot(dot, tl.trans(vt))
-        ds = (p * (dp - delta_row[:, None])).to(qt.dtype)
-        dk_acc += tl.dot(tl.trans(ds), qt)
+        if KEY_MAJOR:
+            mask = row_ok[None, :] & k_ok[:, None] & (kpos[:, None] <= (t - bos)[None, :])
+        else:
+            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+        dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR)
+        if KEY_MAJOR:
+            ds = tl.trans(ds)
         dq = tl.dot(ds, kt) * scale
         pe = (e - e_base) * G + g
         tl.store(
@@ -407,12 +408,13 @@ def selection_bwd(
     item: int = 1152,
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
+    key_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32).
+    the reduction stays fp32). ``key_major``: the MMAs as keys × query rows (see ``attention._dkv_step``).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -437,7 +439,7 @@ def selection_bwd(
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, num_stages=num_stages, **common,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, KEY_MAJOR=key_major, num_stages=num_stages, **common,
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from nsa_kernels.attention import _load_rows, _token_tile
-from nsa_kernels.index import positions, tile_first_token, tile_table
+from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
 """Largest number of (token, KV head, block) scores held at once."""
@@ -247,14 +247,15 @@ def select_fwd(
             HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=64,
             TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
         )  # fmt: skip
+        visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
         if identity:
-            out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=n_sel, compress=(CL, CS), **select)
+            out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=visible, compress=(CL, CS), **select)
             if return_scores:
                 width = min(ncp, n_sel)
                 all_scores[t_lo:t_hi, :, :width] = buf[..., :width]
         else:
             sel = buf @ weights
-            out[t_lo:t_hi] = select_topk(sel, t_rel[t_lo:t_hi], **select)
+            out[t_lo:t_hi] = select_topk(sel, t_rel[t_lo:t_hi], num_blocks=visible, **select)
             if return_scores:
                 all_scores[t_lo:t_hi] = sel
     return out, all_scores

@@ -1,0 +1,79 @@
+"""Where the time of one NSA call goes: GPU time per kernel (torch.profiler), forward and forward+backward.
+
+For each T at the VideoNSA shape of ``attention.py`` (random input, all branches + gates), profiles
+``--iters`` calls after a warm-up and prints, per phase, the kernels sorted by GPU time per call, their
+launch count per call, the summed kernel time and the wall time per call (their gap is host overhead
+or idle GPU). Run: ``python benchmarks/profile_kernels.py --seqlens 8192 131072 --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from attention import NSA, inputs
+from torch.profiler import ProfilerActivity, profile
+
+from nsa_kernels import nsa_func
+
+
+def kernel_times(fn, iters: int) -> dict:
+    """``{"kernels": [(name, ms per call, launches per call)], "kernel_ms": ..., "wall_ms": ...}``."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) * 1e3 / iters
+    total, count = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            total[event.name] += event.device_time / 1e3
+            count[event.name] += 1
+    rows = sorted(((name, ms / iters, count[name] / iters) for name, ms in total.items()), key=lambda r: -r[1])
+    return {"kernels": rows, "kernel_ms": sum(r[1] for r in rows), "wall_ms": wall}
+
+
+def calls(T: int) -> dict:
+    """The forward and the forward+backward call of ours at length ``T``."""
+    q, k, v, g = inputs(T)
+    do = torch.randn_like(q)
+
+    def fwd_bwd():
+        for x in (q, k, v, g):
+            x.grad = None
+        nsa_func(q, k, v, g, **NSA).backward(do)
+
+    return {"fwd": lambda: nsa_func(q, k, v, g, **NSA), "fwd_bwd": fwd_bwd}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 131072])
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    results = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "runs": []}
+    for T in args.seqlens:
+        for phase, fn in calls(T).items():
+            res = kernel_times(fn, args.iters)
+            results["runs"].append({"T": T, "phase": phase, **res})
+            print(f"\nT={T} {phase}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms per call")
+            for name, ms, launches in res["kernels"][: args.top]:
+                print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
