@@ -102,15 +102,15 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "slc_bwd",
-    [{}, {"bwd_block_m": 128, "bwd_num_warps": 8}],
-    ids=["slc-bwd-64rows", "slc-bwd-128rows-8warps"],
+    "slc_block",
+    [{"merge": "slots"}, {"bwd_block_m": 128, "bwd_num_warps": 8, "merge": "slots"}],
+    ids=["slot-merges", "slot-merges-bwd-128rows-8warps"],
 )
-def test_key_major_dkv_flash_attention_rule(slc_bwd, monkeypatch):
+def test_pregated_grad_and_slot_merges_flash_attention_rule(slc_block, monkeypatch):
     from nsa_kernels import nsa
 
-    monkeypatch.setitem(nsa.TUNING, "key_major", {"cmp": True, "slc": True, "swd": True})
-    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **slc_bwd})
+    monkeypatch.setitem(nsa.TUNING, "pregate", {"cmp": True, "slc": True, "swd": True})
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **slc_block})
     test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
 
 

@@ -183,27 +183,23 @@ def branch_bwd_kernel_dq_step(q, do, kt, vt, mask, lse2, delta, dq, scale2):
 
 
 @triton.jit
-def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR: tl.constexpr):
-    # dK/dV of one step over BM gathered query rows; dS comes back [BN, BM] when KEY_MAJOR (mask [BN, BM]:
-    # P^T and dS^T are the register A operands of the dV and dK MMAs), else [BM, BN]
-    if KEY_MAJOR:
-        pt = tl.where(mask, tl.exp2(tl.dot(kt, tl.trans(qt)) * scale2 - lse2[None, :]), 0.0)
-        dv_acc += tl.dot(pt.to(dot.dtype), dot)
-        ds = (pt * (tl.dot(vt, tl.trans(dot)) - delta_row[None, :])).to(qt.dtype)
-        dk_acc += tl.dot(ds, qt)
-    else:
-        p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
-        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
-        ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
-        dk_acc += tl.dot(tl.trans(ds), qt)
+def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2):
+    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]
+    p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
+    dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
+    ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
+    dk_acc += tl.dot(tl.trans(ds), qt)
     return dk_acc, dv_acc, ds
 
 
 @triton.jit
 def _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr):
-    # gated dO rows, base-2 LSE (+inf for rows without keys, so p = 0) and delta of one branch
-    g = tl.load(gates + t.to(tl.int64) * (HQ * 3) + head * 3 + C, mask=row_ok, other=0.0).to(tl.float32)
-    dot = _load_rows(do, t, head, d, row_ok, HQ, D).to(tl.float32) * g[:, None]
+    # gated dO rows (C = -1: do is gated already), base-2 LSE (+inf for rows without keys, so p = 0) and
+    # delta of one branch
+    dot = _load_rows(do, t, head, d, row_ok, HQ, D)
+    if C >= 0:
+        g = tl.load(gates + t.to(tl.int64) * (HQ * 3) + head * 3 + C, mask=row_ok, other=0.0).to(tl.float32)
+        dot = dot.to(tl.float32) * g[:, None]
     lse_row = tl.load(lse + t.to(tl.int64) * HQ + head, mask=row_ok, other=float("-inf"))
     lse2 = tl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
     delta_row = tl.load(delta + t.to(tl.int64) * HQ + head, mask=row_ok, other=0.0)
@@ -344,7 +340,6 @@ def branch_bwd_kernel_dkv(
     NSPLIT: tl.constexpr,
     SPAN: tl.constexpr,
     ACCUMULATE: tl.constexpr,
-    KEY_MAJOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -387,17 +382,15 @@ def branch_bwd_kernel_dkv(
         t_rel = t - bos
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
         dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        if KEY_MAJOR:
-            key, key_ok, row, ok = kpos[:, None], k_ok[:, None], t_rel[None, :], row_ok[None, :]
-        else:
-            key, key_ok, row, ok = kpos[None, :], k_ok[None, :], t_rel[:, None], row_ok[:, None]
+        key, row = kpos[None, :], t_rel[:, None]
+        mask = row_ok[:, None] & k_ok[None, :]
         if MODE == 0:
-            mask = ok & key_ok & (key * CS + CL - 1 <= row)
+            mask &= key * CS + CL - 1 <= row
         elif MODE == 1:
-            mask = ok & key_ok & (key <= row)
+            mask &= key <= row
         else:
-            mask = ok & key_ok & (key <= row) & (key > row - W)
-        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR)
+            mask &= (key <= row) & (key > row - W)
+        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
 
     dk_acc = dk_acc * scale
     row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)
@@ -408,6 +401,11 @@ def branch_bwd_kernel_dkv(
         dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
     tl.store(dk + offs, dk_acc, mask=io_mask)
     tl.store(dv + offs, dv_acc, mask=io_mask)
+
+
+def gated_grad(do: torch.Tensor, gates: torch.Tensor, branch: int) -> torch.Tensor:
+    """``dO · gates[..., branch]`` in dO's dtype, rounded once (as the kernels do it per row)."""
+    return do * gates[..., branch : branch + 1]
 
 
 def _blocks(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -481,7 +479,7 @@ def branch_bwd(
     num_warps: int = 4,
     num_stages: int = 2,
     cmp_dkv: dict | None = None,
-    key_major: bool = False,
+    pregate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -491,14 +489,16 @@ def branch_bwd(
     rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
     ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
-    that gives more programs than the equal shares). ``key_major`` runs the dK/dV MMAs as keys × query rows
-    (:func:`_dkv_step`).
+    that gives more programs than the equal shares). ``pregate``: multiply dO by the branch's gate once
+    (one ``[N, HQ, D]`` buffer) instead of per row in every kernel, so dO goes straight into the MMAs.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
     G = HQ // HKV
     BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
     C = {CMP: 0, SLC: 1, SWD: 2}[mode]
+    if pregate:
+        do, C = gated_grad(do, gates, C), -1
     cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
     dummy = plan["cu_seqlens"]
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (dummy,) * 3
@@ -552,7 +552,7 @@ def branch_bwd(
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
             BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
-            ACCUMULATE=accumulate, KEY_MAJOR=key_major, **common,
+            ACCUMULATE=accumulate, **common,
         )  # fmt: skip
     if mode == CMP:
         return dkv[0].sum(0), dkv[1].sum(0)

@@ -54,10 +54,11 @@ TUNING = {
         "bwd_item": 1152,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
+        "merge": "rows",
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 4},
-    "key_major": {"cmp": False, "slc": False, "swd": False},
+    "pregate": {"cmp": False, "slc": False, "swd": False},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 
@@ -65,7 +66,7 @@ TUNING = {
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
-override ``x`` in one phase. ``key_major`` orients each branch's dK/dV MMAs as keys by query rows.
+override ``x`` in one phase. ``pregate``: the backward of a branch multiplies dO by its gate once, not per row.
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
@@ -267,7 +268,7 @@ def nsa_bwd(
         sel = selection_plan(plan, block_indices, geometry["select_block"])
         dkv = selection_bwd(
             q, k, v, do, gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, key_major=TUNING["key_major"]["slc"], **tune,
+            select_block=geometry["select_block"], accumulate_dq=False, pregate=TUNING["pregate"]["slc"], **tune,
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:
@@ -283,7 +284,7 @@ def nsa_bwd(
             dq,
             mode=SLC,
             plan=plan,
-            key_major=TUNING["key_major"]["slc"],
+            pregate=TUNING["pregate"]["slc"],
             accumulate_dq=False,
             dkv=None,
             **common,
@@ -303,7 +304,7 @@ def nsa_bwd(
             dq,
             mode=SWD,
             plan=plan,
-            key_major=TUNING["key_major"]["swd"],
+            pregate=TUNING["pregate"]["swd"],
             accumulate_dq=accumulate,
             dkv=dkv,
             **common,
@@ -327,7 +328,7 @@ def nsa_bwd(
             dq,
             mode=CMP,
             plan=plan,
-            key_major=TUNING["key_major"]["cmp"],
+            pregate=TUNING["pregate"]["cmp"],
             accumulate_dq=accumulate,
             cmp_dkv=TUNING["cmp_dkv"],
             **common,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import LOG2E, _dkv_step, _load_grad_rows, _load_keys, _load_rows
+from nsa_kernels.attention import LOG2E, _dkv_step, _load_grad_rows, _load_keys, _load_rows, gated_grad
 from nsa_kernels.index import selection_csr, work_chunks
 
 
@@ -186,7 +186,7 @@ def slc_bwd_kernel_block(
     BN: tl.constexpr,
     SB: tl.constexpr,
     S: tl.constexpr,
-    KEY_MAJOR: tl.constexpr,
+    C: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -208,14 +208,9 @@ def slc_bwd_kernel_block(
         e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
         t = e // (HKV * S)
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
-        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, 1, HQ, D)
-        if KEY_MAJOR:
-            mask = row_ok[None, :] & k_ok[:, None] & (kpos[:, None] <= (t - bos)[None, :])
-        else:
-            mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
-        dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2, KEY_MAJOR)
-        if KEY_MAJOR:
-            ds = tl.trans(ds)
+        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+        dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
         dq = tl.dot(ds, kt) * scale
         pe = (e - e_base) * G + g
         tl.store(
@@ -313,6 +308,81 @@ def slc_bwd_kernel_reduce_dq(
     tl.store(ptrs, acc, mask=io_mask)
 
 
+@triton.jit
+def slc_kernel_merge_slots(
+    part,  # [E, G, D]: partial outputs (forward) or partial dQ (backward, SUM)
+    lse_part,  # [E, G] fp32 base-2 LSE of the forward partials; unused when SUM
+    blk_idx,  # [N, HKV, S]
+    out,  # [N, HQ, D]: o in the input dtype, or fp32 dQ when SUM
+    lse,  # [N, HQ] natural log; unused when SUM
+    t_base,  # first token of this range (partials start there)
+    HQ: tl.constexpr,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    S: tl.constexpr,
+    SP: tl.constexpr,
+    SC: tl.constexpr,
+    SUM: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    # one (token, KV head): its S partials [S, G, D] are contiguous and read SC slots per load; forward
+    # weights come from all S LSEs first, so the loads do not wait on a running maximum
+    t = t_base + tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, BD)
+    head_ok = g < G
+    gd_ok = head_ok[:, None] & (d[None, :] < D)
+    first = (t * HKV + h) * S
+    row0 = ((t - t_base) * HKV + h) * S
+    if not SUM:
+        slots = tl.arange(0, SP)
+        ok = (slots < S) & (tl.load(blk_idx + first + slots, mask=slots < S, other=-1) >= 0)
+        lp = tl.load(lse_part + (row0 + slots)[:, None] * G + g[None, :], mask=ok[:, None] & head_ok[None, :],
+                     other=float("-inf"))  # fmt: skip
+        m = tl.max(lp, 0)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        l_i = tl.sum(tl.exp2(lp - m_safe[None, :]), 0)
+    acc = tl.zeros([GP, BD], tl.float32)
+    for c0 in tl.static_range(0, S, SC):
+        sc = c0 + tl.arange(0, SC)
+        ok_c = (sc < S) & (tl.load(blk_idx + first + sc, mask=sc < S, other=-1) >= 0)
+        rows = (row0 + sc)[:, None] * G + g[None, :]
+        x = tl.load(part + rows[:, :, None] * D + d[None, None, :], mask=ok_c[:, None, None] & gd_ok[None, :, :],
+                    other=0.0).to(tl.float32)  # fmt: skip
+        if SUM:
+            acc += tl.sum(x, 0)
+        else:
+            lp_c = tl.load(lse_part + rows, mask=ok_c[:, None] & head_ok[None, :], other=float("-inf"))
+            acc += tl.sum(tl.exp2(lp_c - m_safe[None, :])[:, :, None] * x, 0)
+    ptrs = out + t * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
+    if SUM:
+        if ACCUMULATE:
+            acc += tl.load(ptrs, mask=gd_ok, other=0.0)
+        tl.store(ptrs, acc, mask=gd_ok)
+    else:
+        has_key = l_i > 0
+        l_safe = tl.where(has_key, l_i, 1.0)
+        tl.store(ptrs, (acc / l_safe[:, None]).to(out.dtype.element_ty), mask=gd_ok)
+        tl.store(lse + t * HQ + h * G + g, tl.where(has_key, (m_safe + tl.log2(l_safe)) / 1.4426950408889634,
+                 float("-inf")), mask=head_ok)  # fmt: skip
+
+
+def _merge_slots(part, lse_part, blk_idx, out, lse, t_lo, t_hi, *, SUM, ACCUMULATE, num_warps=4):
+    _, HQ, D = out.shape
+    _, HKV, S = blk_idx.shape
+    G = HQ // HKV
+    slc_kernel_merge_slots[(t_hi - t_lo, HKV)](
+        part, lse_part, blk_idx, out, lse, t_lo,
+        HQ=HQ, HKV=HKV, G=G, GP=triton.next_power_of_2(G), D=D, BD=max(triton.next_power_of_2(D), 16),
+        S=S, SP=max(triton.next_power_of_2(S), 2), SC=min(8, triton.next_power_of_2(S)), SUM=SUM,
+        ACCUMULATE=ACCUMULATE, num_warps=num_warps,
+    )  # fmt: skip
+
+
 def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -> dict:
     """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range."""
     _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
@@ -354,11 +424,13 @@ def selection_fwd(
     num_stages: int = 2,
     item: int = 288,
     partial_elems: int = 2**30,
+    merge: str = "rows",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
-    number of CSR entries per work item.
+    number of CSR entries per work item. ``merge``: ``"rows"`` folds the partials of TT tokens × G heads
+    slot by slot, ``"slots"`` those of one (token, KV head) several slots per load.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -380,9 +452,12 @@ def selection_fwd(
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
                 BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
             )  # fmt: skip
-        slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
-        )
+        if merge == "slots":
+            _merge_slots(o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, SUM=False, ACCUMULATE=False)
+        else:
+            slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+                o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
+            )
     return o, lse
 
 
@@ -408,13 +483,15 @@ def selection_bwd(
     item: int = 1152,
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
-    key_major: bool = False,
+    pregate: bool = False,
+    merge: str = "rows",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32). ``key_major``: the MMAs as keys × query rows (see ``attention._dkv_step``).
+    the reduction stays fp32). ``pregate`` and ``merge`` as in :func:`~nsa_kernels.attention.branch_bwd` and
+    :func:`selection_fwd`.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -428,6 +505,9 @@ def selection_bwd(
     part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
     dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
+    C = 1
+    if pregate:
+        do, C = gated_grad(do, gates, C), -1
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -439,7 +519,7 @@ def selection_bwd(
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, KEY_MAJOR=key_major, num_stages=num_stages, **common,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, num_stages=num_stages, **common,
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
@@ -447,7 +527,10 @@ def selection_bwd(
                 BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
             )  # fmt: skip
         accumulate = True
-        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
-        )
+        if merge == "slots":
+            _merge_slots(dq_part, dq_part, blk_idx, dq, dq, t_lo, t_hi, SUM=True, ACCUMULATE=accumulate_dq)
+        else:
+            slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+                dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
+            )
     return dkv
