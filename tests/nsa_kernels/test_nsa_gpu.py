@@ -103,10 +103,10 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
 
 @pytest.mark.parametrize(
     "slc_block",
-    [{"merge": "slots"}, {"bwd_block_m": 128, "bwd_num_warps": 8, "merge": "slots"}],
-    ids=["slot-merges", "slot-merges-bwd-128rows-8warps"],
+    [{"merge": "ahead"}, {"bwd_block_m": 128, "bwd_num_warps": 8, "merge": "ahead"}],
+    ids=["merge-ahead", "merge-ahead-bwd-128rows-8warps"],
 )
-def test_pregated_grad_and_slot_merges_flash_attention_rule(slc_block, monkeypatch):
+def test_pregated_grad_and_merge_ahead_flash_attention_rule(slc_block, monkeypatch):
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", {"cmp": True, "slc": True, "swd": True})

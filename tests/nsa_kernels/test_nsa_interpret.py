@@ -200,14 +200,14 @@ def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, 
 
 
 @pytest.mark.parametrize(("algo", "fwd_item"), [("block", 288), ("block", 6), ("tile", 288)])
-def test_pregated_grad_and_slot_merges_match_reference(algo, fwd_item, monkeypatch, poison_empty):
-    """Every branch's backward with dO gated once, the slot-wise merges of the selection partials (forward
-    and dQ, also over 17-token ranges), 128-row backward steps; varlen with an empty sequence."""
+def test_pregated_grad_and_merge_ahead_match_reference(algo, fwd_item, monkeypatch, poison_empty):
+    """Every branch's backward with dO gated once; the selection partials (forward and dQ, also over 17-token
+    ranges) merged with all slot weights found first; 128-row backward steps; varlen with an empty sequence."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
     monkeypatch.setitem(nsa.TUNING, "pregate", {"cmp": True, "slc": True, "swd": True})
-    tune = {"bwd_block_m": 128, "merge": "slots", "fwd_item": fwd_item}
+    tune = {"bwd_block_m": 128, "merge": "ahead", "fwd_item": fwd_item}
     if fwd_item < 100:
         tune["partial_elems"] = 14 * 4 * 5 * 17
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})

@@ -50,6 +50,8 @@ TUNING = {
         "block_m": 64,
         "num_warps": 4,
         "num_stages": 2,
+        "bwd_block_m": 128,
+        "bwd_num_warps": 8,
         "fwd_item": 288,
         "bwd_item": 1152,
         "partial_elems": 2**31,
@@ -57,8 +59,8 @@ TUNING = {
         "merge": "rows",
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "topk": {"block_m": 64, "num_warps": 4},
-    "pregate": {"cmp": False, "slc": False, "swd": False},
+    "topk": {"block_m": 64, "num_warps": 4, "block_n": 64, "select_warps": 4},
+    "pregate": {"cmp": True, "slc": True, "swd": True},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 

@@ -200,12 +200,14 @@ def select_fwd(
     pad_heads: bool = True,
     select_rows: int = 1,
     select_warps: int = 4,
+    block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
-    ``select_warps`` launch :func:`select_topk`.
+    ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel.
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
@@ -234,7 +236,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows, num_warps=select_warps,
+        rows_per_program=select_rows,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
@@ -244,10 +246,11 @@ def select_fwd(
         buf = alloc(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
         topk_fwd_kernel_scores[(hi - lo, HKV)](
             q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
-            HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=64,
+            HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
             TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
         )  # fmt: skip
         visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
+        select["num_warps"] = select_warps or max(1, min(4, triton.next_power_of_2(visible) // 512))
         if identity:
             out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=visible, compress=(CL, CS), **select)
             if return_scores:
