@@ -102,14 +102,15 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "slc_block",
-    [{"merge": "ahead"}, {"bwd_block_m": 128, "bwd_num_warps": 8, "merge": "ahead"}],
-    ids=["merge-ahead", "merge-ahead-bwd-128rows-8warps"],
+    ("pregate", "slc_block"),
+    [(False, {"bwd_block_m": 64, "bwd_num_warps": 4}), (True, {"bwd_block_m": 64, "bwd_num_warps": 4})],
+    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps"],
 )
-def test_pregated_grad_and_merge_ahead_flash_attention_rule(slc_block, monkeypatch):
+def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
+    """The non-default backward settings (the defaults are pregated dO, 128 rows, 8 warps)."""
     from nsa_kernels import nsa
 
-    monkeypatch.setitem(nsa.TUNING, "pregate", {"cmp": True, "slc": True, "swd": True})
+    monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **slc_block})
     test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
 

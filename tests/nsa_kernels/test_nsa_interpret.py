@@ -199,15 +199,18 @@ def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, 
         assert rel_err(got, want) < 2e-2, name
 
 
-@pytest.mark.parametrize(("algo", "fwd_item"), [("block", 288), ("block", 6), ("tile", 288)])
-def test_pregated_grad_and_merge_ahead_match_reference(algo, fwd_item, monkeypatch, poison_empty):
-    """Every branch's backward with dO gated once; the selection partials (forward and dQ, also over 17-token
-    ranges) merged with all slot weights found first; 128-row backward steps; varlen with an empty sequence."""
+@pytest.mark.parametrize(
+    ("algo", "fwd_item", "pregate", "bwd_block_m"),
+    [("block", 288, False, 64), ("block", 6, True, 128), ("tile", 288, False, 64)],
+)
+def test_backward_settings_match_reference(algo, fwd_item, pregate, bwd_block_m, monkeypatch, poison_empty):
+    """Backward with dO gated per row in the kernels or once before them, 64- or 128-row selection steps,
+    selection in 17-token ranges or one; varlen with an empty sequence."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
-    monkeypatch.setitem(nsa.TUNING, "pregate", {"cmp": True, "slc": True, "swd": True})
-    tune = {"bwd_block_m": 128, "merge": "ahead", "fwd_item": fwd_item}
+    monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
+    tune = {"bwd_block_m": bwd_block_m, "fwd_item": fwd_item}
     if fwd_item < 100:
         tune["partial_elems"] = 14 * 4 * 5 * 17
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})

@@ -56,10 +56,9 @@ TUNING = {
         "bwd_item": 1152,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
-        "merge": "rows",
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "topk": {"block_m": 64, "num_warps": 4, "block_n": 64, "select_warps": 4},
+    "topk": {"block_m": 64, "num_warps": 4, "block_n": 64, "select_warps": 0},
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.

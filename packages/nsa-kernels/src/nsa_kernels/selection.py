@@ -308,81 +308,6 @@ def slc_bwd_kernel_reduce_dq(
     tl.store(ptrs, acc, mask=io_mask)
 
 
-@triton.jit
-def slc_kernel_merge_ahead(
-    part,  # [E, G, D]: partial outputs (forward) or partial dQ (backward, SUM)
-    lse_part,  # [E, G] fp32 base-2 LSE of the forward partials; unused when SUM
-    blk_idx,  # [N, HKV, S]
-    out,  # [N, HQ, D]: o in the input dtype, or fp32 dQ when SUM
-    lse,  # [N, HQ] natural log; unused when SUM
-    t_base,  # first token of this range (partials start there)
-    t_end,
-    HQ: tl.constexpr,
-    HKV: tl.constexpr,
-    G: tl.constexpr,
-    D: tl.constexpr,
-    BD: tl.constexpr,
-    BM: tl.constexpr,
-    S: tl.constexpr,
-    SP: tl.constexpr,
-    SUM: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-):
-    # TT tokens × G heads of one KV head; slot validity and (forward) the merge weights of all S slots come
-    # first, so the S partial loads of the unrolled slot loop depend on nothing but the loop index
-    h = tl.program_id(1)
-    TT: tl.constexpr = BM // G
-    r = tl.arange(0, BM)
-    tok = r // G
-    g = r % G
-    t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
-    row_ok = (tok < TT) & (t < t_end)
-    d = tl.arange(0, BD)
-    slots = tl.arange(0, SP)
-    ok = row_ok[:, None] & (slots[None, :] < S)
-    ok &= tl.load(blk_idx + (t * HKV + h)[:, None] * S + slots[None, :], mask=ok, other=-1) >= 0
-    first = ((t - t_base) * HKV + h) * S
-    if SUM:
-        w = ok.to(tl.float32)
-    else:
-        lp = tl.load(lse_part + (first[:, None] + slots[None, :]) * G + g[:, None], mask=ok, other=float("-inf"))
-        m = tl.max(lp, 1)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        w = tl.exp2(lp - m_safe[:, None])
-        l_i = tl.sum(w, 1)
-    acc = tl.zeros([BM, BD], tl.float32)
-    for slot in tl.static_range(S):
-        w_s = tl.sum(tl.where(slots[None, :] == slot, w, 0.0), 1)
-        rows = (first + slot) * G + g
-        x = tl.load(part + rows[:, None] * D + d[None, :], mask=(w_s > 0)[:, None] & (d[None, :] < D), other=0.0)
-        acc += w_s[:, None] * x.to(tl.float32)
-    head = h * G + g
-    ptrs = out + t[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
-    io_mask = row_ok[:, None] & (d[None, :] < D)
-    if SUM:
-        if ACCUMULATE:
-            acc += tl.load(ptrs, mask=io_mask, other=0.0)
-        tl.store(ptrs, acc, mask=io_mask)
-    else:
-        has_key = l_i > 0
-        l_safe = tl.where(has_key, l_i, 1.0)
-        tl.store(ptrs, (acc / l_safe[:, None]).to(out.dtype.element_ty), mask=io_mask)
-        tl.store(lse + t * HQ + head, tl.where(has_key, (m_safe + tl.log2(l_safe)) / 1.4426950408889634,
-                 float("-inf")), mask=row_ok)  # fmt: skip
-
-
-def _merge_ahead(part, lse_part, blk_idx, out, lse, t_lo, t_hi, *, SUM, ACCUMULATE, num_warps=4):
-    _, HQ, D = out.shape
-    _, HKV, S = blk_idx.shape
-    G = HQ // HKV
-    BM = max(64, triton.next_power_of_2(G))
-    slc_kernel_merge_ahead[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-        part, lse_part, blk_idx, out, lse, t_lo, t_hi,
-        HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM,
-        S=S, SP=max(triton.next_power_of_2(S), 2), SUM=SUM, ACCUMULATE=ACCUMULATE, num_warps=num_warps,
-    )  # fmt: skip
-
-
 def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -> dict:
     """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range."""
     _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
@@ -424,13 +349,11 @@ def selection_fwd(
     num_stages: int = 2,
     item: int = 288,
     partial_elems: int = 2**30,
-    merge: str = "rows",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
-    number of CSR entries per work item. ``merge``: ``"rows"`` folds the partials of TT tokens × G heads
-    slot by slot with a running maximum, ``"ahead"`` finds every slot's weight first and unrolls the slots.
+    number of CSR entries per work item.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -452,12 +375,9 @@ def selection_fwd(
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
                 BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
             )  # fmt: skip
-        if merge == "ahead":
-            _merge_ahead(o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, SUM=False, ACCUMULATE=False)
-        else:
-            slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-                o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
-            )
+        slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
+        )
     return o, lse
 
 
@@ -484,14 +404,12 @@ def selection_bwd(
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
     pregate: bool = False,
-    merge: str = "rows",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32). ``pregate`` and ``merge`` as in :func:`~nsa_kernels.attention.branch_bwd` and
-    :func:`selection_fwd`.
+    the reduction stays fp32). ``pregate`` as in :func:`~nsa_kernels.attention.branch_bwd`.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -527,10 +445,7 @@ def selection_bwd(
                 BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
             )  # fmt: skip
         accumulate = True
-        if merge == "ahead":
-            _merge_ahead(dq_part, dq_part, blk_idx, dq, dq, t_lo, t_hi, SUM=True, ACCUMULATE=accumulate_dq)
-        else:
-            slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-                dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
-            )
+        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
+            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
+        )
     return dkv
