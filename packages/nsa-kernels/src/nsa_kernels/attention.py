@@ -403,6 +403,11 @@ def branch_bwd_kernel_dkv(
     tl.store(dv + offs, dv_acc, mask=io_mask)
 
 
+def launch_options(maxnreg: int | None) -> dict:
+    """Extra Triton launch options: a register cap per thread when ``maxnreg`` is set."""
+    return {} if maxnreg is None else {"maxnreg": maxnreg}
+
+
 def gated_grad(do: torch.Tensor, gates: torch.Tensor, branch: int) -> torch.Tensor:
     """``dO · gates[..., branch]`` in dO's dtype, rounded once (as the kernels do it per row)."""
     return do * gates[..., branch : branch + 1]
@@ -427,6 +432,7 @@ def branch_fwd(
     block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -453,7 +459,7 @@ def branch_fwd(
         HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, BN=BN_slc if mode == SLC else 64, MODE=mode,
         CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
         S=S, NSP=max(triton.next_power_of_2(S), 2), W=geometry["window"],
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **launch_options(maxnreg),
     )  # fmt: skip
     return o, lse
 
@@ -480,6 +486,7 @@ def branch_bwd(
     num_stages: int = 2,
     cmp_dkv: dict | None = None,
     pregate: bool = False,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -491,6 +498,7 @@ def branch_bwd(
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
     that gives more programs than the equal shares). ``pregate``: multiply dO by the branch's gate once
     (one ``[N, HQ, D]`` buffer) instead of per row in every kernel, so dO goes straight into the MMAs.
+    ``maxnreg`` caps the registers per thread of both kernels.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -506,7 +514,7 @@ def branch_bwd(
     common = dict(
         HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, MODE=mode, C=C,
         CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
-        W=geometry["window"], num_warps=num_warps, num_stages=num_stages,
+        W=geometry["window"], num_warps=num_warps, num_stages=num_stages, **launch_options(maxnreg),
     )  # fmt: skip
     tile_seq, tile_start = plan["tiles"]
     if tile_seq.numel():

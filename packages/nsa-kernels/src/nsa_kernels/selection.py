@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import LOG2E, _dkv_step, _load_grad_rows, _load_keys, _load_rows, gated_grad
+from nsa_kernels.attention import (
+    LOG2E,
+    _dkv_step,
+    _load_grad_rows,
+    _load_keys,
+    _load_rows,
+    gated_grad,
+    launch_options,
+)
 from nsa_kernels.index import selection_csr, work_chunks
 
 
@@ -349,11 +357,15 @@ def selection_fwd(
     num_stages: int = 2,
     item: int = 288,
     partial_elems: int = 2**30,
+    maxnreg: int | None = None,
+    merge_block_m: int = 64,
+    merge_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
-    number of CSR entries per work item.
+    number of CSR entries per work item; ``maxnreg`` caps the registers of the block kernel; the merge
+    runs ``merge_block_m`` rows (tokens × G heads) per program on ``merge_warps`` warps.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -365,6 +377,7 @@ def selection_fwd(
     o = torch.empty_like(q)
     lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
     common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
+    merge = {**common, "BM": _sizes(G, D, select_block, merge_block_m)[0], "num_warps": merge_warps}
     step = max(1, partial_elems // (HQ * S * D))
     o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
     lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
@@ -373,10 +386,11 @@ def selection_fwd(
             slc_fwd_kernel_block[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
-                BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **common,
+                BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **launch_options(maxnreg),
+                **common,
             )  # fmt: skip
-        slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **common
+        slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
+            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **merge
         )
     return o, lse
 
@@ -404,12 +418,16 @@ def selection_bwd(
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
     pregate: bool = False,
+    maxnreg: int | None = None,
+    merge_block_m: int = 64,
+    merge_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32). ``pregate`` as in :func:`~nsa_kernels.attention.branch_bwd`.
+    the reduction stays fp32). ``pregate`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
+    ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -437,7 +455,7 @@ def selection_bwd(
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, num_stages=num_stages, **common,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, num_stages=num_stages, **launch_options(maxnreg), **common,
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
@@ -445,7 +463,9 @@ def selection_bwd(
                 BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
             )  # fmt: skip
         accumulate = True
-        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, BM // G), HKV)](
-            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=BM, S=S, ACCUMULATE=accumulate_dq, **common
-        )
+        merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
+        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
+            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S, ACCUMULATE=accumulate_dq,
+            **{**common, "num_warps": merge_warps},
+        )  # fmt: skip
     return dkv
