@@ -408,11 +408,6 @@ def launch_options(maxnreg: int | None) -> dict:
     return {} if maxnreg is None else {"maxnreg": maxnreg}
 
 
-def gated_grad(do: torch.Tensor, gates: torch.Tensor, branch: int) -> torch.Tensor:
-    """``dO · gates[..., branch]`` in dO's dtype, rounded once (as the kernels do it per row)."""
-    return do * gates[..., branch : branch + 1]
-
-
 def _blocks(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
     BM = max(block_m, triton.next_power_of_2(G), 16)
     BD = max(triton.next_power_of_2(D), 16)
@@ -485,7 +480,7 @@ def branch_bwd(
     num_warps: int = 4,
     num_stages: int = 2,
     cmp_dkv: dict | None = None,
-    pregate: bool = False,
+    gated: bool = False,
     maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
@@ -496,8 +491,9 @@ def branch_bwd(
     rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
     ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
-    that gives more programs than the equal shares). ``pregate``: multiply dO by the branch's gate once
-    (one ``[N, HQ, D]`` buffer) instead of per row in every kernel, so dO goes straight into the MMAs.
+    that gives more programs than the equal shares). ``gated``: ``do`` is this branch's gated gradient
+    already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes straight into the MMAs; otherwise the
+    kernels multiply each dO row by the gate.
     ``maxnreg`` caps the registers per thread of both kernels.
     """
     _N, HQ, D = q.shape
@@ -505,8 +501,8 @@ def branch_bwd(
     G = HQ // HKV
     BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
     C = {CMP: 0, SLC: 1, SWD: 2}[mode]
-    if pregate:
-        do, C = gated_grad(do, gates, C), -1
+    if gated:
+        C = -1
     cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
     dummy = plan["cu_seqlens"]
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (dummy,) * 3

@@ -45,11 +45,30 @@ def combine_fwd_kernel_gate(
 
 
 @triton.jit
-def _gate_grad(g_out, oc, offs, mask, gates, dgates, delta, rows64, row_ok, R, C: tl.constexpr, USE: tl.constexpr):
+def _gate_grad(
+    g_out,
+    oc,
+    offs,
+    mask,
+    gates,
+    dgates,
+    delta,
+    gated,
+    rows64,
+    row_ok,
+    R,
+    D,
+    C: tl.constexpr,
+    USE: tl.constexpr,
+    SLOT: tl.constexpr,
+):
+    # gate gradient and delta of branch C; with SLOT >= 0 also its gated dO (dO · gate, rounded once)
     if USE:
         dg = tl.sum(g_out * tl.load(oc + offs, mask=mask, other=0.0).to(tl.float32), 1)
         g = tl.load(gates + rows64 * 3 + C, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(delta + C * R + rows64, g * dg, mask=row_ok)
+        if SLOT >= 0:
+            tl.store(gated + SLOT * R * D + offs, (g_out * g[:, None]).to(gated.dtype.element_ty), mask=mask)
     else:
         dg = tl.zeros_like(rows64).to(tl.float32)
     tl.store(dgates + rows64 * 3 + C, dg.to(dgates.dtype.element_ty), mask=row_ok)
@@ -64,6 +83,7 @@ def combine_bwd_kernel_gate(
     gates,  # [R, 3]
     dgates,  # [R, 3]
     delta,  # [3, R] fp32: gate_c · rowsum(dO · o_c)
+    gated,  # [NG, R, D]: dO · gate_c of the branches with a slot
     R,
     D: tl.constexpr,
     BD: tl.constexpr,
@@ -71,6 +91,9 @@ def combine_bwd_kernel_gate(
     USE_CMP: tl.constexpr,
     USE_SLC: tl.constexpr,
     USE_SWD: tl.constexpr,
+    SLOT_CMP: tl.constexpr,
+    SLOT_SLC: tl.constexpr,
+    SLOT_SWD: tl.constexpr,
 ):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     d = tl.arange(0, BD)
@@ -79,9 +102,10 @@ def combine_bwd_kernel_gate(
     mask = row_ok[:, None] & (d[None, :] < D)
     offs = rows64[:, None] * D + d[None, :]
     g_out = tl.load(do + offs, mask=mask, other=0.0).to(tl.float32)
-    _gate_grad(g_out, o_cmp, offs, mask, gates, dgates, delta, rows64, row_ok, R, 0, USE_CMP)
-    _gate_grad(g_out, o_slc, offs, mask, gates, dgates, delta, rows64, row_ok, R, 1, USE_SLC)
-    _gate_grad(g_out, o_swd, offs, mask, gates, dgates, delta, rows64, row_ok, R, 2, USE_SWD)
+    common = (gates, dgates, delta, gated, rows64, row_ok, R, D)
+    _gate_grad(g_out, o_cmp, offs, mask, *common, 0, USE_CMP, SLOT_CMP)
+    _gate_grad(g_out, o_slc, offs, mask, *common, 1, USE_SLC, SLOT_SLC)
+    _gate_grad(g_out, o_swd, offs, mask, *common, 2, USE_SWD, SLOT_SWD)
 
 
 def combine_fwd(outputs: dict[str, torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
@@ -100,18 +124,25 @@ def combine_fwd(outputs: dict[str, torch.Tensor], gates: torch.Tensor) -> torch.
 
 
 def combine_bwd(
-    do: torch.Tensor, outputs: dict[str, torch.Tensor], gates: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``(dgates [N, HQ, 3], delta [3, N, HQ] fp32)``; disabled branches get zero gate gradient."""
+    do: torch.Tensor, outputs: dict[str, torch.Tensor], gates: torch.Tensor, gate_grads: tuple[str, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Returns ``(dgates [N, HQ, 3], delta [3, N, HQ] fp32, gated)``; disabled branches get zero gate gradient.
+
+    ``gated`` maps each enabled branch named in ``gate_grads`` to its gated gradient ``dO · gate`` ``[N, HQ, D]``
+    (dO's dtype), written in the same pass, so the branch backwards need not gate dO row by row.
+    """
     N, HQ, D = do.shape
     R = N * HQ
     first = next(iter(outputs.values()))
     dgates = torch.empty_like(gates)
     delta = torch.empty(3, N, HQ, device=do.device, dtype=torch.float32)
+    names = [name for name in ("cmp", "slc", "swd") if name in gate_grads and name in outputs]
+    gated = torch.empty(max(len(names), 1), N, HQ, D, device=do.device, dtype=do.dtype) if names else do
+    slots = {f"SLOT_{name.upper()}": names.index(name) if name in names else -1 for name in ("cmp", "slc", "swd")}
     BR = 32
     combine_bwd_kernel_gate[(triton.cdiv(R, BR),)](
         do, outputs.get("cmp", first), outputs.get("slc", first), outputs.get("swd", first), gates, dgates, delta,
-        R, D=D, BD=max(triton.next_power_of_2(D), 16), BR=BR,
-        USE_CMP="cmp" in outputs, USE_SLC="slc" in outputs, USE_SWD="swd" in outputs,
+        gated, R, D=D, BD=max(triton.next_power_of_2(D), 16), BR=BR,
+        USE_CMP="cmp" in outputs, USE_SLC="slc" in outputs, USE_SWD="swd" in outputs, **slots,
     )  # fmt: skip
-    return dgates, delta
+    return dgates, delta, {name: gated[i] for i, name in enumerate(names)}

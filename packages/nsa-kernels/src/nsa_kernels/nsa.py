@@ -53,7 +53,8 @@ TUNING = {
         "bwd_block_m": 128,
         "bwd_num_warps": 8,
         "fwd_maxnreg": 168,
-        "merge_block_m": 16,
+        "fwd_num_stages": 1,
+        "merge_block_m": 32,
         "merge_warps": 1,
         "fwd_item": 288,
         "bwd_item": 1152,
@@ -61,7 +62,7 @@ TUNING = {
         "dq_partials_fp32": False,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "topk": {"block_m": 64, "num_warps": 4, "block_n": 64, "select_warps": 0},
+    "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0},
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
@@ -70,7 +71,7 @@ TUNING = {
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
-override ``x`` in one phase. ``pregate``: the backward of a branch multiplies dO by its gate once, not per row.
+override ``x`` in one phase. ``pregate``: the combine backward writes the gated dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
@@ -261,7 +262,8 @@ def nsa_bwd(
     q, k, v, gates, cu, lens = _flatten(q, k, v, gates, cu_seqlens)
     plans = _Plans(cu, lens, HQ, HKV, geometry)
     do = do.reshape(q.shape).contiguous()
-    dgates, delta = combine_bwd(do, outputs, gates)
+    pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name])
+    dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dkv = None
     accumulate = False
@@ -271,8 +273,8 @@ def nsa_bwd(
         tune = _phase_tuning("bwd")
         sel = selection_plan(plan, block_indices, geometry["select_block"])
         dkv = selection_bwd(
-            q, k, v, do, gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, pregate=TUNING["pregate"]["slc"], **tune,
+            q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
+            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated, **tune,
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:
@@ -281,14 +283,14 @@ def nsa_bwd(
             q,
             k,
             v,
-            do,
+            gated.get("slc", do),
             gates,
             lse["slc"],
             delta[1],
             dq,
             mode=SLC,
             plan=plan,
-            pregate=TUNING["pregate"]["slc"],
+            gated="slc" in gated,
             accumulate_dq=False,
             dkv=None,
             **common,
@@ -301,14 +303,14 @@ def nsa_bwd(
             q,
             k,
             v,
-            do,
+            gated.get("swd", do),
             gates,
             lse["swd"],
             delta[2],
             dq,
             mode=SWD,
             plan=plan,
-            pregate=TUNING["pregate"]["swd"],
+            gated="swd" in gated,
             accumulate_dq=accumulate,
             dkv=dkv,
             **common,
@@ -325,14 +327,14 @@ def nsa_bwd(
             q,
             k_cmp,
             v_cmp,
-            do,
+            gated.get("cmp", do),
             gates,
             lse["cmp"],
             delta[0],
             dq,
             mode=CMP,
             plan=plan,
-            pregate=TUNING["pregate"]["cmp"],
+            gated="cmp" in gated,
             accumulate_dq=accumulate,
             cmp_dkv=TUNING["cmp_dkv"],
             **common,

@@ -30,7 +30,6 @@ from nsa_kernels.attention import (
     _load_grad_rows,
     _load_keys,
     _load_rows,
-    gated_grad,
     launch_options,
 )
 from nsa_kernels.index import selection_csr, work_chunks
@@ -417,7 +416,7 @@ def selection_bwd(
     item: int = 1152,
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
-    pregate: bool = False,
+    gated: bool = False,
     maxnreg: int | None = None,
     merge_block_m: int = 64,
     merge_warps: int = 4,
@@ -426,7 +425,7 @@ def selection_bwd(
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32). ``pregate`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
+    the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
     ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction).
     """
     N, HQ, D = q.shape
@@ -441,9 +440,7 @@ def selection_bwd(
     part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
     dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
-    C = 1
-    if pregate:
-        do, C = gated_grad(do, gates, C), -1
+    C = -1 if gated else 1
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
