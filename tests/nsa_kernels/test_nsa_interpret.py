@@ -51,6 +51,15 @@ def _run(q, k, v, g, config, cu_seqlens, block_indices=None):
     return forward(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=block_indices, return_aux=True)
 
 
+def _assert_grads_match(o, ref, inputs, tol=2e-2):
+    """Gradients of ``o`` and of the reference output for one random dO, within ``tol`` relative error."""
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, inputs, do)
+    ref_grads = torch.autograd.grad(ref, inputs, do)
+    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
+        assert rel_err(got, want) < tol, name
+
+
 @pytest.mark.parametrize(("B", "T", "HKV", "G", "D", "dtype", "overrides", "cu"), CASES)
 def test_forward_backward_match_reference(B, T, HKV, G, D, dtype, overrides, cu, poison_empty):
     config = small_config(**overrides)
@@ -192,11 +201,7 @@ def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, 
     o, aux = _run(q, k, v, g, config, cu_seqlens)
     ref = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices)
     assert rel_err(o, ref) < 2e-2
-    do = torch.randn_like(o)
-    grads = torch.autograd.grad(o, (q, k, v, g), do)
-    ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
-    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
-        assert rel_err(got, want) < 2e-2, name
+    _assert_grads_match(o, ref, (q, k, v, g))
 
 
 @pytest.mark.parametrize(
@@ -222,11 +227,7 @@ def test_backward_settings_match_reference(algo, fwd_item, pregate, bwd_block_m,
                                  return_aux=True)  # fmt: skip
     assert rel_err(o, ref) < 2e-2
     assert torch.allclose(aux.lse["slc"], ref_aux.lse["slc"], atol=2e-2, rtol=0)
-    do = torch.randn_like(o)
-    grads = torch.autograd.grad(o, (q, k, v, g), do)
-    ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
-    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
-        assert rel_err(got, want) < 2e-2, name
+    _assert_grads_match(o, ref, (q, k, v, g))
 
 
 @pytest.mark.parametrize(
@@ -244,11 +245,7 @@ def test_compression_dkv_tiles_and_token_chunks(cmp_dkv, monkeypatch, poison_emp
     q, k, v, g = make_inputs(1, 150, 2, 7, 32, torch.bfloat16)
     o, aux = _run(q, k, v, g, config, cu_seqlens)
     ref = nsa_reference(q, k, v, g, config, cu_seqlens=cu_seqlens, block_indices=aux.block_indices)
-    do = torch.randn_like(o)
-    grads = torch.autograd.grad(o, (q, k, v, g), do)
-    ref_grads = torch.autograd.grad(ref, (q, k, v, g), do)
-    for name, got, want in zip(("dq", "dk", "dv", "dgates"), grads, ref_grads, strict=True):
-        assert rel_err(got, want) < 2e-2, name
+    _assert_grads_match(o, ref, (q, k, v, g))
 
 
 def test_tuning_overrides_from_the_environment(monkeypatch):

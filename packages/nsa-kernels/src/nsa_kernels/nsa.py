@@ -267,7 +267,13 @@ def nsa_bwd(
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dkv = None
     accumulate = False
-    common = dict(scale=scale, geometry=geometry)
+
+    def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict, **kw):
+        return branch_bwd(
+            q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
+            plan=plan, gated=name in gated, scale=scale, geometry=geometry, **kw, **TUNING[name],
+        )  # fmt: skip
+
     if "slc" in branches and SELECTION["algo"] == "block":
         plan = plans(TUNING["slc_block"]["block_m"])
         tune = _phase_tuning("bwd")
@@ -279,43 +285,10 @@ def nsa_bwd(
         accumulate = True
     elif "slc" in branches:
         plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, True)
-        dkv = branch_bwd(
-            q,
-            k,
-            v,
-            gated.get("slc", do),
-            gates,
-            lse["slc"],
-            delta[1],
-            dq,
-            mode=SLC,
-            plan=plan,
-            gated="slc" in gated,
-            accumulate_dq=False,
-            dkv=None,
-            **common,
-            **TUNING["slc"],
-        )
+        dkv = branch_grad("slc", SLC, k, v, plan, accumulate_dq=False, dkv=None)
         accumulate = True
     if "swd" in branches:
-        plan = plans(TUNING["swd"]["block_m"])
-        dkv = branch_bwd(
-            q,
-            k,
-            v,
-            gated.get("swd", do),
-            gates,
-            lse["swd"],
-            delta[2],
-            dq,
-            mode=SWD,
-            plan=plan,
-            gated="swd" in gated,
-            accumulate_dq=accumulate,
-            dkv=dkv,
-            **common,
-            **TUNING["swd"],
-        )
+        dkv = branch_grad("swd", SWD, k, v, plans(TUNING["swd"]["block_m"]), accumulate_dq=accumulate, dkv=dkv)
         accumulate = True
     if dkv is not None:
         dkv = (dkv[0][0], dkv[1][0])
@@ -323,22 +296,8 @@ def nsa_bwd(
         plan = plans(TUNING["cmp"]["block_m"])
         pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
         k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], **pool)
-        dk_cmp, dv_cmp = branch_bwd(
-            q,
-            k_cmp,
-            v_cmp,
-            gated.get("cmp", do),
-            gates,
-            lse["cmp"],
-            delta[0],
-            dq,
-            mode=CMP,
-            plan=plan,
-            gated="cmp" in gated,
-            accumulate_dq=accumulate,
-            cmp_dkv=TUNING["cmp_dkv"],
-            **common,
-            **TUNING["cmp"],
+        dk_cmp, dv_cmp = branch_grad(
+            "cmp", CMP, k_cmp, v_cmp, plan, accumulate_dq=accumulate, cmp_dkv=TUNING["cmp_dkv"]
         )
         dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, **pool)
     dtype = q.dtype
