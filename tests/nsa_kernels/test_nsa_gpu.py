@@ -61,6 +61,7 @@ def test_small_cases_match_reference(B, T, HKV, G, D, dtype, overrides, cu, pois
     [
         pytest.param(1000, 2, True, id="T1000-HQ14"),
         pytest.param(4096, 1, True, id="T4096-HQ7"),
+        pytest.param(8192, 1, True, id="T8192-HQ7"),
         pytest.param(16384, 2, False, id="T16384-HQ14-fwd"),
     ],
 )

@@ -40,6 +40,17 @@ CASES = [
         None,
         id="G7-overlap-32-16-32",
     ),
+    pytest.param(
+        1,
+        300,
+        1,
+        7,
+        32,
+        torch.bfloat16,
+        {"compress_block": 4, "compress_stride": 4, "select_block": 16, "window": 160},
+        [0, 21, 300],
+        id="G7-unmasked-interior-steps",
+    ),
     pytest.param(1, 75, 1, 8, 32, torch.bfloat16, {"num_selected": 7}, None, id="G8-T75-n>blocks"),
     pytest.param(1, 70, 1, 16, 16, torch.bfloat16, {"forced_initial": 2, "forced_local": 1}, None, id="G16-T70"),
 ]
@@ -123,6 +134,23 @@ def test_select_topk_equals_reference_on_scores_with_ties(n):
     got = select_topk(scores[0], torch.arange(T), num_selected=n, select_block=16,
                       forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
     assert torch.equal(got, want[0])
+
+
+@pytest.mark.parametrize("n", [5, 32])
+def test_select_topk_equals_reference_on_close_scores(n):
+    """Near-uniform scores, some tied: the search starts below the bits every candidate shares."""
+    from nsa_kernels.topk import select_topk
+
+    config = small_config(num_selected=n)
+    gen = torch.Generator().manual_seed(n)
+    T, HKV, NS = 16 * 200 + 40, 2, 200
+    scores = (7e-3 * (1 + 0.15 * torch.randn(1, T, HKV, NS, generator=gen))).abs()
+    scores[..., 1::9] = scores[..., :1]
+    rows = torch.cat([torch.arange(0, 600, 60), torch.randint(600, T, (40,), generator=gen)])
+    want = select_blocks(scores, config)[0, rows]
+    got = select_topk(scores[0, rows], rows, num_selected=n, select_block=16,
+                      forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
+    assert torch.equal(got, want)
 
 
 def test_backward_is_deterministic():

@@ -66,10 +66,29 @@ def _load_keys(x, pos, d, ok, h, HKV: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def _cmp_full_keys(t_first, CL: tl.constexpr, CS: tl.constexpr, BN: tl.constexpr):
+    # compressed keys [0, full) that every row of a tile whose first token is t_first sees, whole BN steps
+    return tl.maximum((t_first + 1 - CL + CS) // CS, 0) // BN * BN
+
+
+@triton.jit
+def _window_full_steps(lo, t_first, t_last, W: tl.constexpr, BN: tl.constexpr):
+    # key steps lo + j·BN inside [a, b) hold only keys every row of the tile sees (t_last - W < key <= t_first)
+    a = tl.minimum(lo + tl.cdiv(tl.maximum(t_last - W + 1 - lo, 0), BN) * BN, t_last + 1)
+    return a, tl.maximum(lo + (t_first + 1 - lo) // BN * BN, a)
+
+
+@triton.jit
+def _window_mask(row_ok, ok, pos, t_rel, W: tl.constexpr):
+    return row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
+
+
+@triton.jit
 def branch_fwd_kernel_step(q, kt, vt, mask, m_i, l_i, acc, scale2):
-    # one online-softmax step over [BN] keys, in the base-2 logit domain
+    # one online-softmax step over [BN] keys, in the base-2 logit domain; mask None: every key visible
     s = tl.dot(q, tl.trans(kt)) * scale2
-    s = tl.where(mask, s, float("-inf"))
+    if mask is not None:
+        s = tl.where(mask, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(s - m_safe[:, None])
@@ -77,6 +96,13 @@ def branch_fwd_kernel_step(q, kt, vt, mask, m_i, l_i, acc, scale2):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _fwd_keys_step(qt, k, v, pos, ok, mask, h, d, m_i, l_i, acc, scale2, HKV: tl.constexpr, D: tl.constexpr):
+    kt = _load_keys(k, pos, d, ok, h, HKV, D)
+    vt = _load_keys(v, pos, d, ok, h, HKV, D)
+    return branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
 
 
 @triton.jit
@@ -126,13 +152,15 @@ def branch_fwd_kernel_attn(
 
     if MODE == 0:
         nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-        for start in range(0, nk, BN):
+        full = _cmp_full_keys(t_first, CL, CS, BN)
+        for start in range(0, full, BN):
+            i = start + cols
+            m_i, l_i, acc = _fwd_keys_step(qt, k, v, kbos + i, i < nk, None, h, d, m_i, l_i, acc, scale2, HKV, D)
+        for start in range(full, nk, BN):
             i = start + cols
             ok = i < nk
-            kt = _load_keys(k, kbos + i, d, ok, h, HKV, D)
-            vt = _load_keys(v, kbos + i, d, ok, h, HKV, D)
             mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
-            m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
+            m_i, l_i, acc = _fwd_keys_step(qt, k, v, kbos + i, ok, mask, h, d, m_i, l_i, acc, scale2, HKV, D)
     elif MODE == 1:
         sel_cols = tl.arange(0, NSP)
         sel = tl.load(
@@ -154,15 +182,20 @@ def branch_fwd_kernel_attn(
                 m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
     else:
         lo = tl.maximum(t_first - W + 1, 0)
-        for start in range(lo, t_last + 1, BN):
+        a, b = _window_full_steps(lo, t_first, t_last, W, BN)
+        for start in range(lo, a, BN):
             pos = start + cols
             ok = pos <= t_last
-            kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
-            vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
-            mask = (
-                row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
-            )
-            m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
+            mask = _window_mask(row_ok, ok, pos, t_rel, W)
+            m_i, l_i, acc = _fwd_keys_step(qt, k, v, bos + pos, ok, mask, h, d, m_i, l_i, acc, scale2, HKV, D)
+        for start in range(a, b, BN):
+            pos = bos + start + cols
+            m_i, l_i, acc = _fwd_keys_step(qt, k, v, pos, pos >= 0, None, h, d, m_i, l_i, acc, scale2, HKV, D)
+        for start in range(b, t_last + 1, BN):
+            pos = start + cols
+            ok = pos <= t_last
+            mask = _window_mask(row_ok, ok, pos, t_rel, W)
+            m_i, l_i, acc = _fwd_keys_step(qt, k, v, bos + pos, ok, mask, h, d, m_i, l_i, acc, scale2, HKV, D)
 
     has_key = l_i > 0
     l_safe = tl.where(has_key, l_i, 1.0)
@@ -176,16 +209,28 @@ def branch_fwd_kernel_attn(
 @triton.jit
 def branch_bwd_kernel_dq_step(q, do, kt, vt, mask, lse2, delta, dq, scale2):
     s = tl.dot(q, tl.trans(kt)) * scale2
-    p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+    p = tl.exp2(s - lse2[:, None])
+    if mask is not None:
+        p = tl.where(mask, p, 0.0)
     dp = tl.dot(do, tl.trans(vt))
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(kt.dtype), kt)
 
 
 @triton.jit
+def _dq_keys_step(qt, dot, k, v, pos, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV: tl.constexpr, D: tl.constexpr):
+    kt = _load_keys(k, pos, d, ok, h, HKV, D)
+    vt = _load_keys(v, pos, d, ok, h, HKV, D)
+    return branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+
+
+@triton.jit
 def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2):
-    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]
-    p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
+    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]. mask None: rows zero-loaded
+    # (LSE +inf) are the only ones that see no key
+    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
+    if mask is not None:
+        p = tl.where(mask, p, 0.0)
     dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
     ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
     dk_acc += tl.dot(tl.trans(ds), qt)
@@ -258,13 +303,15 @@ def branch_bwd_kernel_dq(
 
     if MODE == 0:
         nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-        for start in range(0, nk, BN):
+        full = _cmp_full_keys(t_first, CL, CS, BN)
+        for start in range(0, full, BN):
+            i = start + cols
+            acc = _dq_keys_step(qt, dot, k, v, kbos + i, i < nk, None, h, d, lse2, delta_row, acc, scale2, HKV, D)
+        for start in range(full, nk, BN):
             i = start + cols
             ok = i < nk
-            kt = _load_keys(k, kbos + i, d, ok, h, HKV, D)
-            vt = _load_keys(v, kbos + i, d, ok, h, HKV, D)
             mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
-            acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+            acc = _dq_keys_step(qt, dot, k, v, kbos + i, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV, D)
     elif MODE == 1:
         sel_cols = tl.arange(0, NSP)
         sel = tl.load(
@@ -286,15 +333,20 @@ def branch_bwd_kernel_dq(
                 acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
     else:
         lo = tl.maximum(t_first - W + 1, 0)
-        for start in range(lo, t_last + 1, BN):
+        a, b = _window_full_steps(lo, t_first, t_last, W, BN)
+        for start in range(lo, a, BN):
             pos = start + cols
             ok = pos <= t_last
-            kt = _load_keys(k, bos + pos, d, ok, h, HKV, D)
-            vt = _load_keys(v, bos + pos, d, ok, h, HKV, D)
-            mask = (
-                row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
-            )
-            acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
+            mask = _window_mask(row_ok, ok, pos, t_rel, W)
+            acc = _dq_keys_step(qt, dot, k, v, bos + pos, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV, D)
+        for start in range(a, b, BN):
+            pos = bos + start + cols
+            acc = _dq_keys_step(qt, dot, k, v, pos, pos >= 0, None, h, d, lse2, delta_row, acc, scale2, HKV, D)
+        for start in range(b, t_last + 1, BN):
+            pos = start + cols
+            ok = pos <= t_last
+            mask = _window_mask(row_ok, ok, pos, t_rel, W)
+            acc = _dq_keys_step(qt, dot, k, v, bos + pos, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV, D)
 
     acc = acc * scale
     dq_ptrs = dq + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
@@ -302,6 +354,31 @@ def branch_bwd_kernel_dq(
     if ACCUMULATE:
         acc += tl.load(dq_ptrs, mask=io_mask, other=0.0)
     tl.store(dq_ptrs, acc, mask=io_mask)
+
+
+@triton.jit
+def _dkv_rows(
+    q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc, scale2,
+    MASKED: tl.constexpr, MODE: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
+    CL: tl.constexpr, CS: tl.constexpr, W: tl.constexpr, TT: tl.constexpr,
+):  # fmt: skip
+    # one step of the dK/dV pass over the query rows base + tok (< hi) of a key tile
+    row_ok = (tok < TT) & (base + tok < hi)
+    t = tl.load(csr_tok + base + tok, mask=row_ok, other=0) if MODE == 1 else bos + base + tok
+    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+    dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+    mask = None
+    if MASKED:
+        key, row = kpos[None, :], (t - bos)[:, None]
+        mask = row_ok[:, None] & k_ok[None, :]
+        if MODE == 0:
+            mask &= key * CS + CL - 1 <= row
+        elif MODE == 1:
+            mask &= key <= row
+        else:
+            mask &= (key <= row) & (key > row - W)
+    dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
+    return dk_acc, dv_acc
 
 
 @triton.jit
@@ -376,21 +453,31 @@ def branch_bwd_kernel_dkv(
         lo = k0
         hi = tl.minimum(k0 + BN - 1 + W, eos - bos)
 
-    for base in range(lo, hi, TT):
-        row_ok = (tok < TT) & (base + tok < hi)
-        t = tl.load(csr_tok + base + tok, mask=row_ok, other=0) if MODE == 1 else bos + base + tok
-        t_rel = t - bos
-        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
-        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        key, row = kpos[None, :], t_rel[:, None]
-        mask = row_ok[:, None] & k_ok[None, :]
-        if MODE == 0:
-            mask &= key * CS + CL - 1 <= row
-        elif MODE == 1:
-            mask &= key <= row
-        else:
-            mask &= (key <= row) & (key > row - W)
-        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
+    # query rows [a, b) see every key of the tile (no mask): CMP from the token that completes its last
+    # compressed key on, SWD while the window still reaches its first key
+    a = hi
+    b = hi
+    if MODE != 1:  # noqa: SIM102 (MODE is a compile-time constant, the bound a runtime value)
+        if k0 + BN <= nks:
+            f_lo = (k0 + BN - 1) * CS + CL - 1 if MODE == 0 else k0 + BN - 1
+            f_hi = hi if MODE == 0 else k0 + W
+            a = tl.minimum(lo + tl.cdiv(tl.maximum(f_lo - lo, 0), TT) * TT, hi)
+            b = tl.minimum(tl.maximum(a + tl.maximum(f_hi - a, 0) // TT * TT, a), hi)
+    for base in range(lo, a, TT):
+        dk_acc, dv_acc = _dkv_rows(
+            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
+            scale2, True, MODE, C, HQ, D, CL, CS, W, TT,
+        )  # fmt: skip
+    for base in range(a, b, TT):
+        dk_acc, dv_acc = _dkv_rows(
+            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
+            scale2, False, MODE, C, HQ, D, CL, CS, W, TT,
+        )  # fmt: skip
+    for base in range(b, hi, TT):
+        dk_acc, dv_acc = _dkv_rows(
+            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
+            scale2, True, MODE, C, HQ, D, CL, CS, W, TT,
+        )  # fmt: skip
 
     dk_acc = dk_acc * scale
     row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)

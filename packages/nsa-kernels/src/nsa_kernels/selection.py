@@ -194,9 +194,11 @@ def slc_bwd_kernel_block(
     SB: tl.constexpr,
     S: tl.constexpr,
     C: tl.constexpr,
+    DQ_HALVES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
+    HD: tl.constexpr = BD // 2
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
     d = tl.arange(0, BD)
     n = tl.arange(0, BN)
@@ -204,6 +206,11 @@ def slc_bwd_kernel_block(
     k_ok = (n < SB) & (kpos < eos - bos)
     kt = _load_keys(k, bos + kpos, d, k_ok, h, HKV, D)
     vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+    dh = tl.arange(0, HD)
+    if DQ_HALVES:
+        k_half = k + (bos + kpos).to(tl.int64)[:, None] * (HKV * D) + h * D + dh[None, :]
+        k_lo = tl.load(k_half, mask=k_ok[:, None] & (dh[None, :] < D), other=0.0)
+        k_hi = tl.load(k_half + HD, mask=k_ok[:, None] & (dh[None, :] + HD < D), other=0.0)
     dk_acc = tl.zeros([BN, BD], tl.float32)
     dv_acc = tl.zeros([BN, BD], tl.float32)
     r = tl.arange(0, BM)
@@ -218,13 +225,20 @@ def slc_bwd_kernel_block(
         dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
         mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
         dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-        dq = tl.dot(ds, kt) * scale
         pe = (e - e_base) * G + g
-        tl.store(
-            dq_part + pe[:, None] * D + d[None, :],
-            dq.to(dq_part.dtype.element_ty),
-            mask=row_ok[:, None] & (d[None, :] < D),
-        )
+        if DQ_HALVES:
+            dq_rows = dq_part + pe[:, None] * D + dh[None, :]
+            half_mask = row_ok[:, None] & (dh[None, :] < D)
+            tl.store(dq_rows, (tl.dot(ds, k_lo) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
+            half_mask = row_ok[:, None] & (dh[None, :] + HD < D)
+            tl.store(dq_rows + HD, (tl.dot(ds, k_hi) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
+        else:
+            dq = tl.dot(ds, kt) * scale
+            tl.store(
+                dq_part + pe[:, None] * D + d[None, :],
+                dq.to(dq_part.dtype.element_ty),
+                mask=row_ok[:, None] & (d[None, :] < D),
+            )
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
@@ -420,13 +434,15 @@ def selection_bwd(
     maxnreg: int | None = None,
     merge_block_m: int = 64,
     merge_warps: int = 4,
+    dq_halves: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
     the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
-    ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction).
+    ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction). ``dq_halves``: each step's dQ
+    partial is computed and stored as two D/2-wide halves (fewer live registers; D tiles of at least 32).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -452,7 +468,8 @@ def selection_bwd(
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, num_stages=num_stages, **launch_options(maxnreg), **common,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32, num_stages=num_stages,
+                **launch_options(maxnreg), **common,
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
