@@ -104,11 +104,15 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
 
 @pytest.mark.parametrize(
     ("pregate", "slc_block"),
-    [(False, {"bwd_block_m": 64, "bwd_num_warps": 4}), (True, {"bwd_block_m": 64, "bwd_num_warps": 4})],
-    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps"],
+    [
+        (False, {"bwd_block_m": 64, "bwd_num_warps": 4}),
+        (True, {"bwd_block_m": 64, "bwd_num_warps": 4}),
+        (True, {"bwd_dq_halves": False}),
+    ],
+    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-dQ-partials"],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
-    """The non-default backward settings (the defaults are pregated dO, 128 rows, 8 warps)."""
+    """The non-default backward settings (the defaults are pregated dO, 128 rows, 8 warps, dQ in D halves)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))

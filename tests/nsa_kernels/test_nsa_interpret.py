@@ -49,7 +49,7 @@ CASES = [
         torch.bfloat16,
         {"compress_block": 4, "compress_stride": 4, "select_block": 16, "window": 160},
         [0, 21, 300],
-        id="G7-unmasked-interior-steps",
+        id="G7-cmp-unmasked-steps",
     ),
     pytest.param(1, 75, 1, 8, 32, torch.bfloat16, {"num_selected": 7}, None, id="G8-T75-n>blocks"),
     pytest.param(1, 70, 1, 16, 16, torch.bfloat16, {"forced_initial": 2, "forced_local": 1}, None, id="G16-T70"),
@@ -212,16 +212,17 @@ def test_triton_backend_is_registered():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "bwd_item", "dq_fp32"),
-    [("block", 5, 10, True), ("block", 7, 3, False), ("tile", 288, 1152, True)],
+    ("algo", "fwd_item", "bwd_item", "dq_fp32", "dq_halves"),
+    [("block", 5, 10, True, False), ("block", 7, 3, False, True), ("tile", 288, 1152, True, True)],
 )
-def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, monkeypatch, poison_empty):
-    """Block-outer selection split into small work items and 17-token ranges (dQ partials fp32 or bf16),
-    and the tile-outer kernels."""
+def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, dq_halves, monkeypatch, poison_empty):
+    """Block-outer selection split into small work items and 17-token ranges (dQ partials fp32 or bf16, whole
+    or in D halves), and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
-    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17, "dq_partials_fp32": dq_fp32}
+    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17, "dq_partials_fp32": dq_fp32,
+            "bwd_dq_halves": dq_halves}  # fmt: skip
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)

@@ -72,13 +72,6 @@ def _cmp_full_keys(t_first, CL: tl.constexpr, CS: tl.constexpr, BN: tl.constexpr
 
 
 @triton.jit
-def _window_full_steps(lo, t_first, t_last, W: tl.constexpr, BN: tl.constexpr):
-    # key steps lo + j·BN inside [a, b) hold only keys every row of the tile sees (t_last - W < key <= t_first)
-    a = tl.minimum(lo + tl.cdiv(tl.maximum(t_last - W + 1 - lo, 0), BN) * BN, t_last + 1)
-    return a, tl.maximum(lo + (t_first + 1 - lo) // BN * BN, a)
-
-
-@triton.jit
 def _window_mask(row_ok, ok, pos, t_rel, W: tl.constexpr):
     return row_ok[:, None] & ok[None, :] & (pos[None, :] <= t_rel[:, None]) & (pos[None, :] > t_rel[:, None] - W)
 
@@ -182,16 +175,7 @@ def branch_fwd_kernel_attn(
                 m_i, l_i, acc = branch_fwd_kernel_step(qt, kt, vt, mask, m_i, l_i, acc, scale2)
     else:
         lo = tl.maximum(t_first - W + 1, 0)
-        a, b = _window_full_steps(lo, t_first, t_last, W, BN)
-        for start in range(lo, a, BN):
-            pos = start + cols
-            ok = pos <= t_last
-            mask = _window_mask(row_ok, ok, pos, t_rel, W)
-            m_i, l_i, acc = _fwd_keys_step(qt, k, v, bos + pos, ok, mask, h, d, m_i, l_i, acc, scale2, HKV, D)
-        for start in range(a, b, BN):
-            pos = bos + start + cols
-            m_i, l_i, acc = _fwd_keys_step(qt, k, v, pos, pos >= 0, None, h, d, m_i, l_i, acc, scale2, HKV, D)
-        for start in range(b, t_last + 1, BN):
+        for start in range(lo, t_last + 1, BN):
             pos = start + cols
             ok = pos <= t_last
             mask = _window_mask(row_ok, ok, pos, t_rel, W)
@@ -226,11 +210,8 @@ def _dq_keys_step(qt, dot, k, v, pos, ok, mask, h, d, lse2, delta_row, acc, scal
 
 @triton.jit
 def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2):
-    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]. mask None: rows zero-loaded
-    # (LSE +inf) are the only ones that see no key
-    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
-    if mask is not None:
-        p = tl.where(mask, p, 0.0)
+    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]
+    p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
     dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
     ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
     dk_acc += tl.dot(tl.trans(ds), qt)
@@ -333,16 +314,7 @@ def branch_bwd_kernel_dq(
                 acc = branch_bwd_kernel_dq_step(qt, dot, kt, vt, mask, lse2, delta_row, acc, scale2)
     else:
         lo = tl.maximum(t_first - W + 1, 0)
-        a, b = _window_full_steps(lo, t_first, t_last, W, BN)
-        for start in range(lo, a, BN):
-            pos = start + cols
-            ok = pos <= t_last
-            mask = _window_mask(row_ok, ok, pos, t_rel, W)
-            acc = _dq_keys_step(qt, dot, k, v, bos + pos, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV, D)
-        for start in range(a, b, BN):
-            pos = bos + start + cols
-            acc = _dq_keys_step(qt, dot, k, v, pos, pos >= 0, None, h, d, lse2, delta_row, acc, scale2, HKV, D)
-        for start in range(b, t_last + 1, BN):
+        for start in range(lo, t_last + 1, BN):
             pos = start + cols
             ok = pos <= t_last
             mask = _window_mask(row_ok, ok, pos, t_rel, W)
@@ -354,31 +326,6 @@ def branch_bwd_kernel_dq(
     if ACCUMULATE:
         acc += tl.load(dq_ptrs, mask=io_mask, other=0.0)
     tl.store(dq_ptrs, acc, mask=io_mask)
-
-
-@triton.jit
-def _dkv_rows(
-    q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc, scale2,
-    MASKED: tl.constexpr, MODE: tl.constexpr, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
-    CL: tl.constexpr, CS: tl.constexpr, W: tl.constexpr, TT: tl.constexpr,
-):  # fmt: skip
-    # one step of the dK/dV pass over the query rows base + tok (< hi) of a key tile
-    row_ok = (tok < TT) & (base + tok < hi)
-    t = tl.load(csr_tok + base + tok, mask=row_ok, other=0) if MODE == 1 else bos + base + tok
-    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
-    dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-    mask = None
-    if MASKED:
-        key, row = kpos[None, :], (t - bos)[:, None]
-        mask = row_ok[:, None] & k_ok[None, :]
-        if MODE == 0:
-            mask &= key * CS + CL - 1 <= row
-        elif MODE == 1:
-            mask &= key <= row
-        else:
-            mask &= (key <= row) & (key > row - W)
-    dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-    return dk_acc, dv_acc
 
 
 @triton.jit
@@ -453,31 +400,21 @@ def branch_bwd_kernel_dkv(
         lo = k0
         hi = tl.minimum(k0 + BN - 1 + W, eos - bos)
 
-    # query rows [a, b) see every key of the tile (no mask): CMP from the token that completes its last
-    # compressed key on, SWD while the window still reaches its first key
-    a = hi
-    b = hi
-    if MODE != 1:  # noqa: SIM102 (MODE is a compile-time constant, the bound a runtime value)
-        if k0 + BN <= nks:
-            f_lo = (k0 + BN - 1) * CS + CL - 1 if MODE == 0 else k0 + BN - 1
-            f_hi = hi if MODE == 0 else k0 + W
-            a = tl.minimum(lo + tl.cdiv(tl.maximum(f_lo - lo, 0), TT) * TT, hi)
-            b = tl.minimum(tl.maximum(a + tl.maximum(f_hi - a, 0) // TT * TT, a), hi)
-    for base in range(lo, a, TT):
-        dk_acc, dv_acc = _dkv_rows(
-            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
-            scale2, True, MODE, C, HQ, D, CL, CS, W, TT,
-        )  # fmt: skip
-    for base in range(a, b, TT):
-        dk_acc, dv_acc = _dkv_rows(
-            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
-            scale2, False, MODE, C, HQ, D, CL, CS, W, TT,
-        )  # fmt: skip
-    for base in range(b, hi, TT):
-        dk_acc, dv_acc = _dkv_rows(
-            q, do, gates, lse, delta, csr_tok, kt, vt, k_ok, kpos, base, hi, tok, head, d, bos, dk_acc, dv_acc,
-            scale2, True, MODE, C, HQ, D, CL, CS, W, TT,
-        )  # fmt: skip
+    for base in range(lo, hi, TT):
+        row_ok = (tok < TT) & (base + tok < hi)
+        t = tl.load(csr_tok + base + tok, mask=row_ok, other=0) if MODE == 1 else bos + base + tok
+        t_rel = t - bos
+        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+        key, row = kpos[None, :], t_rel[:, None]
+        mask = row_ok[:, None] & k_ok[None, :]
+        if MODE == 0:
+            mask &= key * CS + CL - 1 <= row
+        elif MODE == 1:
+            mask &= key <= row
+        else:
+            mask &= (key <= row) & (key > row - W)
+        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
 
     dk_acc = dk_acc * scale
     row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)

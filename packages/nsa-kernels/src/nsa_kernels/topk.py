@@ -92,24 +92,6 @@ def topk_fwd_kernel_scores(
 
 
 @triton.jit
-def _search_start(bits, forced, R: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, NSP: tl.constexpr):
-    # the n-th largest pattern lies in [lo, hi]: lo = the least of SP >= n maxima of interleaved column groups
-    # (n elements are >= it), hi = the largest unforced pattern (+inf once n blocks are forced). The bits above
-    # the highest bit where lo and hi differ are fixed, so the search starts there: returns (prefix, bits left)
-    lo = tl.full([R], -1, tl.int32)
-    if NSP >= SP:
-        lo = tl.min(tl.max(tl.reshape(bits, (R, NSP // SP, SP)), 1), 1)
-    hi = tl.max(tl.where(forced, -1, bits), 1)
-    hi = tl.where(tl.sum(forced.to(tl.int32), 1) >= S, 0x7F800000, hi)
-    known = (lo > 0) & (hi >= lo)
-    diff = tl.where(known, lo ^ hi, 0x7FFFFFFF).to(tl.float32)
-    nbits = tl.where(diff > 0, tl.minimum((diff.to(tl.int32, bitcast=True) >> 23) - 126, 31), 0)
-    nb = tl.max(nbits, 0)
-    low = (1 << nb) - 1
-    return tl.where(known, lo & ~low, 0), nb
-
-
-@triton.jit
 def topk_fwd_kernel_select(
     scores,  # [M, HKV, NCOL] fp32 importance; columns >= the token's complete blocks unread when CL > 0
     t_rel,  # [M] position of each token inside its sequence
@@ -141,9 +123,9 @@ def topk_fwd_kernel_select(
     forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
-    v, nb = _search_start(bits, forced & visible, R, S, SP, NSP)
-    for b in range(nb):
-        cand = v | (1 << (nb - 1 - b))
+    v = tl.zeros([R], tl.int32)
+    for b in range(31):
+        cand = v | (1 << (30 - b))
         above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
         v = tl.where(above >= S, cand, v)
     greater = bits > v[:, None]
