@@ -41,6 +41,27 @@ def kernel_times(fn, iters: int) -> dict:
     return {"kernels": rows, "kernel_ms": sum(r[1] for r in rows), "wall_ms": wall}
 
 
+def compiled_kernels() -> list[dict]:
+    """Registers per thread, spilled bytes, warps and shared memory of every nsa_kernels Triton kernel compiled
+    so far in this process (one row per specialization)."""
+    import importlib
+
+    import triton
+
+    rows = []
+    for module_name in ("attention", "selection", "topk", "combine", "pool"):
+        module = importlib.import_module(f"nsa_kernels.{module_name}")
+        for name, fn in vars(module).items():
+            if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):
+                continue
+            for cache, *_ in getattr(fn, "device_caches", {}).values():
+                for kernel in cache.values():
+                    meta = kernel.metadata
+                    rows.append({"kernel": name, "regs": kernel.n_regs, "spills": kernel.n_spills,
+                                 "warps": meta.num_warps, "shared": meta.shared})  # fmt: skip
+    return rows
+
+
 def calls(T: int) -> dict:
     """The forward and the forward+backward call of ours at length ``T``."""
     q, k, v, g = inputs(T)
@@ -70,6 +91,10 @@ def main() -> None:
             for name, ms, launches in res["kernels"][: args.top]:
                 print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
         torch.cuda.empty_cache()
+    results["compiled"] = compiled_kernels()
+    print("\nkernel                          regs  spill B  warps  shared B")
+    for row in results["compiled"]:
+        print(f"{row['kernel'][:30]:30} {row['regs']:5} {row['spills']:8} {row['warps']:6} {row['shared']:9}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

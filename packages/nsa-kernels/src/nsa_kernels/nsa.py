@@ -61,6 +61,7 @@ TUNING = {
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,
+        "fwd_o_halves": False,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0},

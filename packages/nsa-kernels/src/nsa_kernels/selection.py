@@ -47,6 +47,14 @@ def _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, 
 
 
 @triton.jit
+def _load_key_halves(x, pos, dh, ok, h, HKV: tl.constexpr, D: tl.constexpr, HD: tl.constexpr):
+    # the [BN, HD] column halves [0, HD) and [HD, 2·HD) of the keys at pos of a [NK, HKV, D] tensor
+    ptrs = x + pos.to(tl.int64)[:, None] * (HKV * D) + h * D + dh[None, :]
+    lo = tl.load(ptrs, mask=ok[:, None] & (dh[None, :] < D), other=0.0)
+    return lo, tl.load(ptrs + HD, mask=ok[:, None] & (dh[None, :] + HD < D), other=0.0)
+
+
+@triton.jit
 def slc_fwd_kernel_block(
     q,  # [N, HQ, D]
     k,  # [N, HKV, D]
@@ -72,15 +80,21 @@ def slc_fwd_kernel_block(
     BN: tl.constexpr,
     SB: tl.constexpr,
     S: tl.constexpr,
+    O_HALVES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
+    HD: tl.constexpr = BD // 2
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
     d = tl.arange(0, BD)
+    dh = tl.arange(0, HD)
     kpos = k0 + tl.arange(0, BN)
     k_ok = (tl.arange(0, BN) < SB) & (kpos < eos - bos)
     kt = _load_keys(k, bos + kpos, d, k_ok, h, HKV, D)
-    vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+    if O_HALVES:
+        v_lo, v_hi = _load_key_halves(v, bos + kpos, dh, k_ok, h, HKV, D, HD)
+    else:
+        vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
@@ -96,15 +110,22 @@ def slc_fwd_kernel_block(
         m_safe = tl.where(m == float("-inf"), 0.0, m)
         p = tl.exp2(s - m_safe[:, None])
         l_i = tl.sum(p, 1)
-        acc = tl.dot(p.to(vt.dtype), vt)
         has_key = l_i > 0
         l_safe = tl.where(has_key, l_i, 1.0)
         out_rows = (e - e_base) * G + g
-        tl.store(
-            o_part + out_rows[:, None] * D + d[None, :],
-            (acc / l_safe[:, None]).to(o_part.dtype.element_ty),
-            mask=row_ok[:, None] & (d[None, :] < D),
-        )
+        if O_HALVES:
+            p = p.to(v_lo.dtype)
+            o_rows = o_part + out_rows[:, None] * D + dh[None, :]
+            o_lo = tl.dot(p, v_lo) / l_safe[:, None]
+            tl.store(o_rows, o_lo.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] < D))
+            o_hi = tl.dot(p, v_hi) / l_safe[:, None]
+            tl.store(o_rows + HD, o_hi.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] + HD < D))
+        else:
+            tl.store(
+                o_part + out_rows[:, None] * D + d[None, :],
+                (tl.dot(p.to(vt.dtype), vt) / l_safe[:, None]).to(o_part.dtype.element_ty),
+                mask=row_ok[:, None] & (d[None, :] < D),
+            )
         tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
 
 
@@ -208,9 +229,7 @@ def slc_bwd_kernel_block(
     vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
     dh = tl.arange(0, HD)
     if DQ_HALVES:
-        k_half = k + (bos + kpos).to(tl.int64)[:, None] * (HKV * D) + h * D + dh[None, :]
-        k_lo = tl.load(k_half, mask=k_ok[:, None] & (dh[None, :] < D), other=0.0)
-        k_hi = tl.load(k_half + HD, mask=k_ok[:, None] & (dh[None, :] + HD < D), other=0.0)
+        k_lo, k_hi = _load_key_halves(k, bos + kpos, dh, k_ok, h, HKV, D, HD)
     dk_acc = tl.zeros([BN, BD], tl.float32)
     dv_acc = tl.zeros([BN, BD], tl.float32)
     r = tl.arange(0, BM)
@@ -373,12 +392,14 @@ def selection_fwd(
     maxnreg: int | None = None,
     merge_block_m: int = 64,
     merge_warps: int = 4,
+    o_halves: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
     number of CSR entries per work item; ``maxnreg`` caps the registers of the block kernel; the merge
-    runs ``merge_block_m`` rows (tokens × G heads) per program on ``merge_warps`` warps.
+    runs ``merge_block_m`` rows (tokens × G heads) per program on ``merge_warps`` warps. ``o_halves``: each
+    step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -399,8 +420,8 @@ def selection_fwd(
             slc_fwd_kernel_block[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
-                BN=max(triton.next_power_of_2(SB), 16), SB=SB, num_stages=num_stages, **launch_options(maxnreg),
-                **common,
+                BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32, num_stages=num_stages,
+                **launch_options(maxnreg), **common,
             )  # fmt: skip
         slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
             o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **merge
