@@ -107,12 +107,13 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
     [
         (False, {"bwd_block_m": 64, "bwd_num_warps": 4}),
         (True, {"bwd_block_m": 64, "bwd_num_warps": 4}),
-        (True, {"bwd_dq_halves": False}),
+        (True, {"bwd_dq_halves": False, "fwd_o_halves": False}),
     ],
-    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-dQ-partials"],
+    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials"],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
-    """The non-default backward settings (the defaults are pregated dO, 128 rows, 8 warps, dQ in D halves)."""
+    """The non-default selection settings (the defaults are pregated dO, 128-row 8-warp backward steps, partial
+    outputs and dQ in D halves)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
