@@ -73,7 +73,9 @@ TUNING = {
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
-override ``x`` in one phase. ``pregate``: the combine backward writes the gated dO of a branch once (not per row).
+override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
+D/2-wide halves (fewer live registers). ``pregate``: the combine backward writes the gated dO of a branch once (not
+per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
