@@ -20,33 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import _cmp_full_keys, _load_rows, _token_tile
+from nsa_kernels.attention import _load_rows, _token_tile
 from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
 """Largest number of (token, KV head, block) scores held at once."""
-
-
-@triton.jit
-def _importance_step(
-    qt, k_cmp, kbos, i, ok, mask, lse2, head_sum, scores, out_rows, out_ok, h, d, scale2,
-    HKV: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, TTP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-):  # fmt: skip
-    # the importance of compressed keys i for the tile's tokens; mask None: every row sees every key (rows
-    # without a token have LSE +inf, so p = 0)
-    kt = tl.load(
-        k_cmp + (kbos + i).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :],
-        mask=ok[:, None] & (d[None, :] < D),
-        other=0.0,
-    )
-    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
-    if mask is not None:
-        p = tl.where(mask, p, 0.0)
-    if GP == G:  # noqa: SIM108
-        token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
-    else:
-        token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
-    tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -95,33 +73,22 @@ def topk_fwd_kernel_scores(
     out_ok = (tt < TT) & (t_out < eos)
     out_rows = (t_out - t_base).to(tl.int64) * (HKV * NCP) + h * NCP
     nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-    full = _cmp_full_keys(t0 - bos, CL, CS, BN)
-    for start in range(0, full, BN):
-        i = start + cols
-        _importance_step(qt, k_cmp, kbos, i, i < nk, None, lse2, head_sum, scores, out_rows, out_ok, h, d, scale2,
-                         HKV, D, BN, TTP, G, GP)  # fmt: skip
-    for start in range(full, nk, BN):
+    for start in range(0, nk, BN):
         i = start + cols
         ok = i < nk
+        kt = tl.load(
+            k_cmp + (kbos + i).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :],
+            mask=ok[:, None] & (d[None, :] < D),
+            other=0.0,
+        )
+        s = tl.dot(qt, tl.trans(kt)) * scale2
         mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
-        _importance_step(qt, k_cmp, kbos, i, ok, mask, lse2, head_sum, scores, out_rows, out_ok, h, d, scale2,
-                         HKV, D, BN, TTP, G, GP)  # fmt: skip
-
-
-@triton.jit
-def _score_bits(scores, rows, t, row_ok, j, NS, NCOL, SB: tl.constexpr, FI: tl.constexpr, FL: tl.constexpr,
-                CL: tl.constexpr, CS: tl.constexpr):  # fmt: skip
-    # fp32 bit patterns of the scores of rows at columns j (broadcast shapes): forced blocks +inf, invisible -1;
-    # also the mask of visible forced blocks
-    current = t // SB
-    visible = (j <= current) & (j < NS) & row_ok
-    written = j < NCOL
-    if CL > 0:
-        written &= j < tl.maximum((t + 1 - CL + CS) // CS, 0)
-    score = tl.load(scores + rows * NCOL + j, mask=visible & written, other=0.0)
-    forced = (j < FI) | (j > current - FL)
-    bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
-    return tl.where(visible, bits, -1), forced & visible
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        if GP == G:  # noqa: SIM108
+            token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+        else:
+            token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
+        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -142,35 +109,25 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
-    BOUNDS: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
     t = tl.load(t_rel + rows // HKV, mask=row_ok, other=0)
     j = tl.arange(0, NSP)
-    bits, forced = _score_bits(scores, rows[:, None], t[:, None], row_ok[:, None], j[None, :], NS, NCOL, SB, FI, FL,
-                               CL, CS)  # fmt: skip
+    current = t // SB
+    visible = (j[None, :] <= current[:, None]) & (j[None, :] < NS) & row_ok[:, None]
+    written = j[None, :] < NCOL
+    if CL > 0:
+        written &= j[None, :] < tl.maximum((t + 1 - CL + CS) // CS, 0)[:, None]
+    score = tl.load(scores + rows[:, None] * NCOL + j[None, :], mask=visible & written, other=0.0)
+    forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
+    bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
+    bits = tl.where(visible, bits, -1)
     v = tl.zeros([R], tl.int32)
-    nb = 31
-    if BOUNDS and NSP >= SP:
-        # the n-th largest pattern lies in [lo, hi]: lo = the least of SP >= n maxima of interleaved column
-        # groups (n patterns are >= it; read by a second load in [R, NSP / SP, SP]), hi = the largest unforced
-        # pattern (+inf once n blocks are forced); only the bits below their common prefix are searched
-        g = tl.arange(0, NSP // SP)[None, :, None] * SP + tl.arange(0, SP)[None, None, :]
-        grouped, _ = _score_bits(scores, rows[:, None, None], t[:, None, None], row_ok[:, None, None], g, NS, NCOL,
-                                 SB, FI, FL, CL, CS)  # fmt: skip
-        lo = tl.min(tl.max(grouped, 1), 1)
-        hi = tl.max(tl.where(forced, -1, bits), 1)
-        hi = tl.where(tl.sum(forced.to(tl.int32), 1) >= S, 0x7F800000, hi)
-        known = (lo > 0) & (hi >= lo)
-        diff = tl.where(known, lo ^ hi, 0x7FFFFFFF).to(tl.float32)
-        nb = tl.max(tl.where(diff > 0, tl.minimum((diff.to(tl.int32, bitcast=True) >> 23) - 126, 31), 0), 0)
-        v = tl.where(known, lo & ~((1 << nb) - 1), 0)
     for b in range(31):
-        if 30 - b < nb:
-            cand = v | (1 << (30 - b))
-            above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
-            v = tl.where(above >= S, cand, v)
+        cand = v | (1 << (30 - b))
+        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+        v = tl.where(above >= S, cand, v)
     greater = bits > v[:, None]
     tie = (bits == v[:, None]).to(tl.int32)
     room = S - tl.sum(greater.to(tl.int32), 1)
@@ -204,7 +161,6 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
-    bounds: bool = False,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
@@ -214,8 +170,6 @@ def select_topk(
     the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
     through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
     the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
-    ``bounds``: search only the bits below the common prefix of a lower and an upper bound of the n-th largest
-    pattern (fewer passes on near-uniform scores, two extra row reductions).
     """
     M, HKV, NCOL = scores.shape
     NS = NCOL if num_blocks is None else num_blocks
@@ -226,7 +180,7 @@ def select_topk(
             scores.contiguous(), t_rel.contiguous(), out, M, NS, NCOL,
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
-            CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1], BOUNDS=bounds,
+            CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
             num_warps=num_warps,
         )  # fmt: skip
     return out
@@ -247,15 +201,13 @@ def select_fwd(
     select_rows: int = 1,
     select_warps: int = 4,
     block_n: int = 64,
-    select_bounds: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``select_bounds`` as ``bounds`` there; ``block_n`` compressed keys per step of the importance
-    kernel.
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel.
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
@@ -284,7 +236,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows, bounds=select_bounds,
+        rows_per_program=select_rows,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
