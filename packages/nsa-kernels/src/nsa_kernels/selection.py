@@ -55,6 +55,57 @@ def _load_key_halves(x, pos, dh, ok, h, HKV: tl.constexpr, D: tl.constexpr, HD: 
 
 
 @triton.jit
+def _masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV: tl.constexpr, S: tl.constexpr, SB: tl.constexpr,
+                    BN: tl.constexpr):  # fmt: skip
+    # how many of the entries [lo, hi) need the key mask: those whose token lies inside the block (entries ascend
+    # by token and a block holds at most SB - 1 such tokens, so they come first and fit one BN-wide load), or
+    # all of them when the block is cut by the sequence end or padded (SB < BN)
+    i = tl.arange(0, BN)
+    ok = lo + i < hi
+    t = tl.load(csr_ent + lo + i, mask=ok, other=0).to(tl.int64) // (HKV * S)
+    inside = tl.sum((ok & (t - bos < k0 + SB - 1)).to(tl.int32), 0)
+    return tl.where((k0 + SB <= eos - bos) & (SB == BN), inside, hi - lo)
+
+
+@triton.jit
+def _slc_fwd_step(
+    q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base, scale2,
+    MASKED: tl.constexpr, O_HALVES: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr,
+    D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr, S: tl.constexpr,
+):  # fmt: skip
+    # partial outputs and LSEs of the entries base + tok (< hi) over one block; v_a, v_b: V halves or V twice.
+    # Unmasked steps: rows past hi load zeros and are not stored
+    row_ok = (tok < TT) & (base + tok < hi)
+    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
+    t = e // (HKV * S)
+    qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
+    s = tl.dot(qt, tl.trans(kt)) * scale2
+    if MASKED:
+        s = tl.where(row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None]), s, float("-inf"))
+    m = tl.max(s, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = tl.sum(p, 1)
+    has_key = l_i > 0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out_rows = (e - e_base) * G + g
+    p = p.to(v_a.dtype)
+    if O_HALVES:
+        o_rows = o_part + out_rows[:, None] * D + dh[None, :]
+        o_lo = tl.dot(p, v_a) / l_safe[:, None]
+        tl.store(o_rows, o_lo.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] < D))
+        o_hi = tl.dot(p, v_b) / l_safe[:, None]
+        tl.store(o_rows + HD, o_hi.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] + HD < D))
+    else:
+        tl.store(
+            o_part + out_rows[:, None] * D + d[None, :],
+            (tl.dot(p, v_a) / l_safe[:, None]).to(o_part.dtype.element_ty),
+            mask=row_ok[:, None] & (d[None, :] < D),
+        )
+    tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
+
+
+@triton.jit
 def slc_fwd_kernel_block(
     q,  # [N, HQ, D]
     k,  # [N, HKV, D]
@@ -92,41 +143,20 @@ def slc_fwd_kernel_block(
     k_ok = (tl.arange(0, BN) < SB) & (kpos < eos - bos)
     kt = _load_keys(k, bos + kpos, d, k_ok, h, HKV, D)
     if O_HALVES:
-        v_lo, v_hi = _load_key_halves(v, bos + kpos, dh, k_ok, h, HKV, D, HD)
+        v_a, v_b = _load_key_halves(v, bos + kpos, dh, k_ok, h, HKV, D, HD)
     else:
-        vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+        v_a = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
+        v_b = v_a
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    for base in range(lo, hi, TT):
-        row_ok = (tok < TT) & (base + tok < hi)
-        e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
-        t = e // (HKV * S)
-        qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
-        s = tl.dot(qt, tl.trans(kt)) * scale2
-        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
-        s = tl.where(mask, s, float("-inf"))
-        m = tl.max(s, 1)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = tl.sum(p, 1)
-        has_key = l_i > 0
-        l_safe = tl.where(has_key, l_i, 1.0)
-        out_rows = (e - e_base) * G + g
-        if O_HALVES:
-            p = p.to(v_lo.dtype)
-            o_rows = o_part + out_rows[:, None] * D + dh[None, :]
-            o_lo = tl.dot(p, v_lo) / l_safe[:, None]
-            tl.store(o_rows, o_lo.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] < D))
-            o_hi = tl.dot(p, v_hi) / l_safe[:, None]
-            tl.store(o_rows + HD, o_hi.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] + HD < D))
-        else:
-            tl.store(
-                o_part + out_rows[:, None] * D + d[None, :],
-                (tl.dot(p.to(vt.dtype), vt) / l_safe[:, None]).to(o_part.dtype.element_ty),
-                mask=row_ok[:, None] & (d[None, :] < D),
-            )
-        tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
+    split = tl.minimum(lo + tl.cdiv(_masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV, S, SB, BN), TT) * TT, hi)
+    for base in range(lo, split, TT):
+        _slc_fwd_step(q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
+                      scale2, True, O_HALVES, HQ, HKV, G, D, HD, TT, S)  # fmt: skip
+    for base in range(split, hi, TT):
+        _slc_fwd_step(q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
+                      scale2, False, O_HALVES, HQ, HKV, G, D, HD, TT, S)  # fmt: skip
 
 
 @triton.jit
@@ -183,6 +213,41 @@ def slc_fwd_kernel_merge(
 
 
 @triton.jit
+def _slc_bwd_step(
+    q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
+    dk_acc, dv_acc, scale, scale2, MASKED: tl.constexpr, DQ_HALVES: tl.constexpr, C: tl.constexpr,
+    HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr,
+    S: tl.constexpr,
+):  # fmt: skip
+    # dK/dV sums and per-entry dQ partials of the entries base + tok (< hi); k_a, k_b: K halves or K twice.
+    # Unmasked steps: rows past hi load zeros with LSE +inf, so they add nothing
+    row_ok = (tok < TT) & (base + tok < hi)
+    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
+    t = e // (HKV * S)
+    head = h * G + g
+    qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+    dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+    mask = None
+    if MASKED:
+        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+    dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
+    pe = (e - e_base) * G + g
+    if DQ_HALVES:
+        dq_rows = dq_part + pe[:, None] * D + dh[None, :]
+        half_mask = row_ok[:, None] & (dh[None, :] < D)
+        tl.store(dq_rows, (tl.dot(ds, k_a) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
+        half_mask = row_ok[:, None] & (dh[None, :] + HD < D)
+        tl.store(dq_rows + HD, (tl.dot(ds, k_b) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
+    else:
+        tl.store(
+            dq_part + pe[:, None] * D + d[None, :],
+            (tl.dot(ds, kt) * scale).to(dq_part.dtype.element_ty),
+            mask=row_ok[:, None] & (d[None, :] < D),
+        )
+    return dk_acc, dv_acc
+
+
+@triton.jit
 def slc_bwd_kernel_block(
     q,  # [N, HQ, D]
     k,  # [N, HKV, D]
@@ -229,35 +294,26 @@ def slc_bwd_kernel_block(
     vt = _load_keys(v, bos + kpos, d, k_ok, h, HKV, D)
     dh = tl.arange(0, HD)
     if DQ_HALVES:
-        k_lo, k_hi = _load_key_halves(k, bos + kpos, dh, k_ok, h, HKV, D, HD)
+        k_a, k_b = _load_key_halves(k, bos + kpos, dh, k_ok, h, HKV, D, HD)
+    else:
+        k_a = kt
+        k_b = kt
     dk_acc = tl.zeros([BN, BD], tl.float32)
     dv_acc = tl.zeros([BN, BD], tl.float32)
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    head = h * G + g
-    for base in range(lo, hi, TT):
-        row_ok = (tok < TT) & (base + tok < hi)
-        e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
-        t = e // (HKV * S)
-        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
-        dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
-        dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-        pe = (e - e_base) * G + g
-        if DQ_HALVES:
-            dq_rows = dq_part + pe[:, None] * D + dh[None, :]
-            half_mask = row_ok[:, None] & (dh[None, :] < D)
-            tl.store(dq_rows, (tl.dot(ds, k_lo) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
-            half_mask = row_ok[:, None] & (dh[None, :] + HD < D)
-            tl.store(dq_rows + HD, (tl.dot(ds, k_hi) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
-        else:
-            dq = tl.dot(ds, kt) * scale
-            tl.store(
-                dq_part + pe[:, None] * D + d[None, :],
-                dq.to(dq_part.dtype.element_ty),
-                mask=row_ok[:, None] & (d[None, :] < D),
-            )
+    split = tl.minimum(lo + tl.cdiv(_masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV, S, SB, BN), TT) * TT, hi)
+    for base in range(lo, split, TT):
+        dk_acc, dv_acc = _slc_bwd_step(
+            q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
+            e_base, dk_acc, dv_acc, scale, scale2, True, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
+        )  # fmt: skip
+    for base in range(split, hi, TT):
+        dk_acc, dv_acc = _slc_bwd_step(
+            q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
+            e_base, dk_acc, dv_acc, scale, scale2, False, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
+        )  # fmt: skip
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
