@@ -210,11 +210,8 @@ def _dq_keys_step(qt, dot, k, v, pos, ok, mask, h, d, lse2, delta_row, acc, scal
 
 @triton.jit
 def _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2):
-    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]. mask None: every row sees every
-    # key (rows loaded as zeros have LSE +inf, so p = 0)
-    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
-    if mask is not None:
-        p = tl.where(mask, p, 0.0)
+    # dK/dV of one step over BM gathered query rows; also returns dS [BM, BN]
+    p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
     dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
     ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
     dk_acc += tl.dot(tl.trans(ds), qt)

@@ -215,21 +215,18 @@ def slc_fwd_kernel_merge(
 @triton.jit
 def _slc_bwd_step(
     q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
-    dk_acc, dv_acc, scale, scale2, MASKED: tl.constexpr, DQ_HALVES: tl.constexpr, C: tl.constexpr,
+    dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, C: tl.constexpr,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr,
     S: tl.constexpr,
 ):  # fmt: skip
-    # dK/dV sums and per-entry dQ partials of the entries base + tok (< hi); k_a, k_b: K halves or K twice.
-    # Unmasked steps: rows past hi load zeros with LSE +inf, so they add nothing
+    # dK/dV sums and per-entry dQ partials of the entries base + tok (< hi); k_a, k_b: K halves or K twice
     row_ok = (tok < TT) & (base + tok < hi)
     e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
     t = e // (HKV * S)
     head = h * G + g
     qt = _load_rows(q, t, head, d, row_ok, HQ, D)
     dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-    mask = None
-    if MASKED:
-        mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+    mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
     dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
     pe = (e - e_base) * G + g
     if DQ_HALVES:
@@ -303,16 +300,10 @@ def slc_bwd_kernel_block(
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    split = tl.minimum(lo + tl.cdiv(_masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV, S, SB, BN), TT) * TT, hi)
-    for base in range(lo, split, TT):
+    for base in range(lo, hi, TT):
         dk_acc, dv_acc = _slc_bwd_step(
             q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
-            e_base, dk_acc, dv_acc, scale, scale2, True, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
-        )  # fmt: skip
-    for base in range(split, hi, TT):
-        dk_acc, dv_acc = _slc_bwd_step(
-            q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
-            e_base, dk_acc, dv_acc, scale, scale2, False, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
+            e_base, dk_acc, dv_acc, scale, scale2, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
         )  # fmt: skip
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
