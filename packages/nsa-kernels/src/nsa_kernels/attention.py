@@ -364,7 +364,6 @@ def branch_bwd_kernel_dkv(
     NSPLIT: tl.constexpr,
     SPAN: tl.constexpr,
     ACCUMULATE: tl.constexpr,
-    PART: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -415,28 +414,17 @@ def branch_bwd_kernel_dkv(
             mask &= key <= row
         else:
             mask &= (key <= row) & (key > row - W)
-        if PART == 0:
-            dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-        else:
-            p = tl.where(mask, tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None]), 0.0)
-            if PART == 1:
-                dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot)
-            else:
-                ds = (p * (tl.dot(dot, tl.trans(vt)) - delta_row[:, None])).to(qt.dtype)
-                dk_acc += tl.dot(tl.trans(ds), qt)
+        dk_acc, dv_acc, _ = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
 
+    dk_acc = dk_acc * scale
     row = split.to(tl.int64) * nk_total + (kbos + kpos).to(tl.int64)
     offs = row[:, None] * (HKV * D) + h * D + d[None, :]
     io_mask = k_ok[:, None] & (d[None, :] < D)
-    if PART != 1:
-        dk_acc = dk_acc * scale
-        if ACCUMULATE:
-            dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
-        tl.store(dk + offs, dk_acc, mask=io_mask)
-    if PART != 2:
-        if ACCUMULATE:
-            dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
-        tl.store(dv + offs, dv_acc, mask=io_mask)
+    if ACCUMULATE:
+        dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
+        dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
+    tl.store(dk + offs, dk_acc, mask=io_mask)
+    tl.store(dv + offs, dv_acc, mask=io_mask)
 
 
 def launch_options(maxnreg: int | None) -> dict:
@@ -518,7 +506,6 @@ def branch_bwd(
     cmp_dkv: dict | None = None,
     gated: bool = False,
     maxnreg: int | None = None,
-    dkv_passes: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -531,8 +518,7 @@ def branch_bwd(
     that gives more programs than the equal shares). ``gated``: ``do`` is this branch's gated gradient
     already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes straight into the MMAs; otherwise the
     kernels multiply each dO row by the gate.
-    ``maxnreg`` caps the registers per thread of both kernels. ``dkv_passes=2`` runs the dK/dV pass as a dV pass
-    and a dK pass, each with one accumulator (the query rows are read twice).
+    ``maxnreg`` caps the registers per thread of both kernels.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -588,14 +574,13 @@ def branch_bwd(
         shape = (nsplit, NK, HKV, D)
         dkv = (torch.empty(shape, device=q.device, dtype=torch.float32),) * 2
         dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
-    parts = ((1, 2) if dkv_passes == 2 else (0,)) if ktile_seq.numel() else ()
-    for part in parts:
+    if ktile_seq.numel():
         branch_bwd_kernel_dkv[(ktile_seq.numel(), HKV, nsplit)](
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1],
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
             BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
-            ACCUMULATE=accumulate, PART=part, **common,
+            ACCUMULATE=accumulate, **common,
         )  # fmt: skip
     if mode == CMP:
         return dkv[0].sum(0), dkv[1].sum(0)

@@ -66,7 +66,6 @@ TUNING = {
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0},
     "pregate": {"cmp": True, "slc": True, "swd": True},
-    "dkv_passes": {"cmp": 1, "slc": 1, "swd": 1},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 
@@ -76,7 +75,7 @@ TUNING = {
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
 override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
 D/2-wide halves (fewer live registers). ``pregate``: the combine backward writes the gated dO of a branch once (not
-per row). ``dkv_passes``: 2 runs a branch's dK/dV pass as a dV pass and a dK pass.
+per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
@@ -276,8 +275,7 @@ def nsa_bwd(
     def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict, **kw):
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
-            plan=plan, gated=name in gated, scale=scale, geometry=geometry, dkv_passes=TUNING["dkv_passes"][name], **kw,
-            **TUNING[name],
+            plan=plan, gated=name in gated, scale=scale, geometry=geometry, **kw, **TUNING[name],
         )  # fmt: skip
 
     if "slc" in branches and SELECTION["algo"] == "block":
