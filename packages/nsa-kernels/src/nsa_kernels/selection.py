@@ -55,6 +55,29 @@ def _load_key_halves(x, pos, dh, ok, h, HKV: tl.constexpr, D: tl.constexpr, HD: 
 
 
 @triton.jit
+def _entries(csr_ent, base, hi, tok, TT: tl.constexpr, HKV: tl.constexpr, S: tl.constexpr):
+    # the CSR entries base + tok (< hi) of one step: row mask, selection e = (t·HKV + h)·S + slot, token t
+    row_ok = (tok < TT) & (base + tok < hi)
+    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
+    return row_ok, e, e // (HKV * S)
+
+
+@triton.jit
+def _store_product(out, rows, row_ok, a, b_lo, b_hi, factor, d, dh, HALVES: tl.constexpr, D: tl.constexpr,
+                   HD: tl.constexpr):  # fmt: skip
+    # out[rows, :D] = (a @ B) · factor, B = [b_lo | b_hi] made and stored one D/2 half at a time (fewer live
+    # registers), or B = b_lo whole
+    if HALVES:
+        ptrs = out + rows[:, None] * D + dh[None, :]
+        tl.store(ptrs, (tl.dot(a, b_lo) * factor).to(out.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] < D))
+        hi_mask = row_ok[:, None] & (dh[None, :] + HD < D)
+        tl.store(ptrs + HD, (tl.dot(a, b_hi) * factor).to(out.dtype.element_ty), mask=hi_mask)
+    else:
+        ptrs = out + rows[:, None] * D + d[None, :]
+        tl.store(ptrs, (tl.dot(a, b_lo) * factor).to(out.dtype.element_ty), mask=row_ok[:, None] & (d[None, :] < D))
+
+
+@triton.jit
 def _masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV: tl.constexpr, S: tl.constexpr, SB: tl.constexpr,
                     BN: tl.constexpr):  # fmt: skip
     # how many of the entries [lo, hi) need the key mask: those whose token lies inside the block (entries ascend
@@ -75,9 +98,7 @@ def _slc_fwd_step(
 ):  # fmt: skip
     # partial outputs and LSEs of the entries base + tok (< hi) over one block; v_a, v_b: V halves or V twice.
     # Unmasked steps: rows past hi load zeros and are not stored
-    row_ok = (tok < TT) & (base + tok < hi)
-    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
-    t = e // (HKV * S)
+    row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
     qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
     s = tl.dot(qt, tl.trans(kt)) * scale2
     if MASKED:
@@ -89,19 +110,7 @@ def _slc_fwd_step(
     has_key = l_i > 0
     l_safe = tl.where(has_key, l_i, 1.0)
     out_rows = (e - e_base) * G + g
-    p = p.to(v_a.dtype)
-    if O_HALVES:
-        o_rows = o_part + out_rows[:, None] * D + dh[None, :]
-        o_lo = tl.dot(p, v_a) / l_safe[:, None]
-        tl.store(o_rows, o_lo.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] < D))
-        o_hi = tl.dot(p, v_b) / l_safe[:, None]
-        tl.store(o_rows + HD, o_hi.to(o_part.dtype.element_ty), mask=row_ok[:, None] & (dh[None, :] + HD < D))
-    else:
-        tl.store(
-            o_part + out_rows[:, None] * D + d[None, :],
-            (tl.dot(p, v_a) / l_safe[:, None]).to(o_part.dtype.element_ty),
-            mask=row_ok[:, None] & (d[None, :] < D),
-        )
+    _store_product(o_part, out_rows, row_ok, p.to(v_a.dtype), v_a, v_b, 1.0 / l_safe[:, None], d, dh, O_HALVES, D, HD)
     tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
 
 
@@ -220,27 +229,13 @@ def _slc_bwd_step(
     S: tl.constexpr,
 ):  # fmt: skip
     # dK/dV sums and per-entry dQ partials of the entries base + tok (< hi); k_a, k_b: K halves or K twice
-    row_ok = (tok < TT) & (base + tok < hi)
-    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
-    t = e // (HKV * S)
+    row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
     head = h * G + g
     qt = _load_rows(q, t, head, d, row_ok, HQ, D)
     dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
     mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
     dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-    pe = (e - e_base) * G + g
-    if DQ_HALVES:
-        dq_rows = dq_part + pe[:, None] * D + dh[None, :]
-        half_mask = row_ok[:, None] & (dh[None, :] < D)
-        tl.store(dq_rows, (tl.dot(ds, k_a) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
-        half_mask = row_ok[:, None] & (dh[None, :] + HD < D)
-        tl.store(dq_rows + HD, (tl.dot(ds, k_b) * scale).to(dq_part.dtype.element_ty), mask=half_mask)
-    else:
-        tl.store(
-            dq_part + pe[:, None] * D + d[None, :],
-            (tl.dot(ds, kt) * scale).to(dq_part.dtype.element_ty),
-            mask=row_ok[:, None] & (d[None, :] < D),
-        )
+    _store_product(dq_part, (e - e_base) * G + g, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
     return dk_acc, dv_acc
 
 
