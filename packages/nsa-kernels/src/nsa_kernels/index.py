@@ -127,6 +127,13 @@ def tile_union(block_indices: Tensor, tile_start: Tensor, cu_seqlens: Tensor, ti
     return offsets.to(torch.int32), idx[keep].to(torch.int32)
 
 
+def _stable_sort_rows(key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """Stable sort of row ids in ``[0, rows]`` in the narrowest integer type: a radix sort's passes follow its width."""
+    narrow = torch.int16 if rows < 2**15 else torch.int32 if rows < 2**31 else torch.int64
+    key, order = torch.sort(key.to(narrow), stable=True)
+    return key.long(), order
+
+
 def reverse_index(
     block_indices: Tensor, cu_seqlens: Tensor, select_block: int, entries: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -148,7 +155,7 @@ def reverse_index(
     key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
     key = torch.where(idx >= 0, key, HKV * nb).flatten()
     token = torch.arange(N, device=idx.device).view(N, 1, 1).expand(N, HKV, S).flatten()
-    key, order = torch.sort(key, stable=True)
+    key, order = _stable_sort_rows(key, HKV * nb)
     counts = torch.bincount(key, minlength=HKV * nb + 1)[: HKV * nb]
     offsets = torch.zeros(HKV * nb + 1, device=idx.device, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
@@ -180,7 +187,7 @@ def selection_csr(
     idx = block_indices.long()
     key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
     key = torch.where(idx >= 0, key, rows).flatten()
-    key, order = torch.sort(key, stable=True)
+    key, order = _stable_sort_rows(key, rows)
     offsets = torch.searchsorted(key, torch.arange(rows + 1, device=idx.device))
     big = max(N, 1)
     return offsets.to(torch.int32), order.to(torch.int32), key * big + order // (HKV * S), big, rows

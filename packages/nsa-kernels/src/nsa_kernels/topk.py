@@ -92,6 +92,16 @@ def topk_fwd_kernel_scores(
 
 
 @triton.jit
+def _chosen_with_ties(bits, v, S: tl.constexpr):
+    # the patterns above the n-th largest v of each row, and of those equal to v the most recent up to n in all
+    greater = bits > v[:, None]
+    tie = (bits == v[:, None]).to(tl.int32)
+    room = S - tl.sum(greater.to(tl.int32), 1)
+    from_top = tl.sum(tie, 1)[:, None] - tl.cumsum(tie, 1) + tie
+    return greater | ((tie > 0) & (from_top <= room[:, None]))
+
+
+@triton.jit
 def topk_fwd_kernel_select(
     scores,  # [M, HKV, NCOL] fp32 importance; columns >= the token's complete blocks unread when CL > 0
     t_rel,  # [M] position of each token inside its sequence
@@ -109,6 +119,7 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
@@ -124,15 +135,25 @@ def topk_fwd_kernel_select(
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
     v = tl.zeros([R], tl.int32)
-    for b in range(31):
-        cand = v | (1 << (30 - b))
-        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
-        v = tl.where(above >= S, cand, v)
-    greater = bits > v[:, None]
-    tie = (bits == v[:, None]).to(tl.int32)
-    room = S - tl.sum(greater.to(tl.int32), 1)
-    from_top = tl.sum(tie, 1)[:, None] - tl.cumsum(tie, 1) + tie
-    chosen = greater | ((tie > 0) & (from_top <= room[:, None]))
+    if EARLY_EXIT:
+        at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
+        b = 0
+        while (b < 31) & (tl.max(at_or_above, 0) > S):
+            cand = v | (1 << (30 - b))
+            above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+            v = tl.where(above >= S, cand, v)
+            at_or_above = tl.where(above >= S, above, at_or_above)
+            b += 1
+        if tl.max(at_or_above, 0) <= S:
+            chosen = bits >= v[:, None]
+        else:
+            chosen = _chosen_with_ties(bits, v, S)
+    else:
+        for b in range(31):
+            cand = v | (1 << (30 - b))
+            above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+            v = tl.where(above >= S, cand, v)
+        chosen = _chosen_with_ties(bits, v, S)
     slot = tl.cumsum(chosen.to(tl.int32), 1) - 1
     tl.store(out + rows[:, None] * S + slot, j[None, :] + tl.zeros([R, NSP], tl.int32), mask=chosen)
     count = tl.sum(chosen.to(tl.int32), 1)
@@ -161,12 +182,14 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
+    early_exit: bool = True,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
     Scores are non-negative, so their fp32 bit patterns order like the values. A program holds
     ``rows_per_program`` rows in registers, finds the n-th largest pattern ``v`` by a bitwise binary
-    search (31 counting passes, no sort), keeps every pattern above ``v`` and, among those equal to ``v``,
+    search (at most 31 counting passes, no sort; with ``early_exit`` the search stops once exactly n
+    patterns lie at or above the prefix found so far), keeps every pattern above ``v`` and, among those equal to ``v``,
     the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
     through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
     the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
@@ -181,7 +204,7 @@ def select_topk(
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
             CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
-            num_warps=num_warps,
+            EARLY_EXIT=early_exit, num_warps=num_warps,
         )  # fmt: skip
     return out
 
@@ -201,13 +224,15 @@ def select_fwd(
     select_rows: int = 1,
     select_warps: int = 4,
     block_n: int = 64,
+    early_exit: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel.
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel; ``early_exit`` as in
+    :func:`select_topk`.
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
@@ -236,7 +261,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows,
+        rows_per_program=select_rows, early_exit=early_exit,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
