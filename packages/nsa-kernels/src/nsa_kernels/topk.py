@@ -144,7 +144,7 @@ def topk_fwd_kernel_select(
             v = tl.where(above >= S, cand, v)
             at_or_above = tl.where(above >= S, above, at_or_above)
             b += 1
-        if tl.max(at_or_above, 0) <= S:
+        if tl.max(at_or_above, 0) <= S:  # noqa: SIM108 (a runtime branch in Triton)
             chosen = bits >= v[:, None]
         else:
             chosen = _chosen_with_ties(bits, v, S)
