@@ -167,6 +167,16 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_gradients_flow_through_the_output_only():
+    config = small_config()
+    q, k, v, g = make_inputs(1, 40, 1, 7, 32, torch.bfloat16)
+    o, aux = _run(q, k, v, g, config, None)
+    assert torch.autograd.grad(aux.outputs["cmp"].float().sum(), (q, k, v, g), allow_unused=True) == (None,) * 4
+    o, aux = _run(q, k, v, g, config, None)
+    dq = torch.autograd.grad(o.float().sum() + aux.outputs["swd"].float().sum(), q)[0]
+    assert torch.equal(dq, torch.autograd.grad(_run(q, k, v, g, config, None)[0].float().sum(), q)[0])
+
+
 def test_single_branches_and_given_indices(poison_empty):
     q, k, v, g = make_inputs(1, 60, 1, 7, 32, torch.bfloat16)
     for branches in (("cmp",), ("slc",), ("swd",), ("cmp", "swd")):

@@ -393,9 +393,12 @@ def _setup_context(ctx, inputs, output):
         selected = q.new_empty(0, dtype=torch.int32)
     ctx.save_for_backward(q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected)
     ctx.geometry, ctx.branches, ctx.scale = geometry, branches, scale
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, do, *unused):
+    if do is None:
+        return (None,) * 10
     q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected = ctx.saved_tensors
     dq, dk, dv, dg = torch.ops.nsa_kernels.nsa_bwd(
         do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, ctx.geometry, ctx.branches, ctx.scale
