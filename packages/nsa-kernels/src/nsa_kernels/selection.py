@@ -555,8 +555,7 @@ def selection_bwd(
         if NW:
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-                sel["entries"], item_row, item_lo, item_hi, order, blk_seq.numel(), t_lo * HKV * S, scale,
-                scale * LOG2E,
+                sel["entries"], item_row, item_lo, item_hi, order, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
                 HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32, num_stages=num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
