@@ -413,10 +413,10 @@ def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, i
     base = torch.arange(rows, device=key.device, dtype=torch.int64) * big
     for t_lo in range(0, N, step):
         t_hi = min(t_lo + step, N)
-        span = sub_range if sub_range > 0 else t_hi - t_lo
-        parts = -(-(t_hi - t_lo) // span)
-        cuts = (t_lo + torch.arange(parts + 1, device=key.device) * span).clamp(max=min(t_hi, big))
-        edges = torch.searchsorted(key, (base[:, None] + cuts[None, :]).flatten()).view(rows, parts + 1)
+        cuts = list(range(t_lo, t_hi, sub_range)) + [t_hi] if sub_range > 0 else [t_lo, t_hi]
+        bounds = torch.tensor([min(c, big) for c in cuts], device=key.device, dtype=torch.int64)
+        edges = torch.searchsorted(key, (base[:, None] + bounds[None, :]).flatten()).view(rows, len(cuts))
+        parts = len(cuts) - 1
         entries = (t_hi - t_lo) * HKV * S
         item_row, item_lo, item_hi, first = work_chunks(
             edges[:, :-1].flatten(), edges[:, 1:].flatten(), item, entries // item + min(rows * parts, entries)
