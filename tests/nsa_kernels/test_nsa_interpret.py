@@ -225,23 +225,17 @@ def test_triton_backend_is_registered():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "bwd_item", "dq_fp32", "halves", "sub_range"),
-    [
-        ("block", 5, 10, True, False, 0),
-        ("block", 7, 3, False, True, 5),
-        ("block", 288, 1152, False, True, 6),
-        ("tile", 288, 1152, True, True, 0),
-    ],
+    ("algo", "fwd_item", "bwd_item", "dq_fp32", "halves"),
+    [("block", 5, 10, True, False), ("block", 7, 3, False, True), ("tile", 288, 1152, True, True)],
 )
-def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, halves, sub_range, monkeypatch,
-                                             poison_empty):  # fmt: skip
+def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, halves, monkeypatch, poison_empty):
     """Block-outer selection split into small work items and 17-token ranges (dQ partials fp32 or bf16; partial
-    outputs and dQ whole or in D halves; programs ordered by spans of 5 or 6 tokens), and the tile-outer kernels."""
+    outputs and dQ whole or in D halves), and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
     tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17, "dq_partials_fp32": dq_fp32,
-            "bwd_dq_halves": halves, "fwd_o_halves": halves, "sub_range": sub_range}  # fmt: skip
+            "bwd_dq_halves": halves, "fwd_o_halves": halves}  # fmt: skip
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)

@@ -62,7 +62,6 @@ TUNING = {
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,
         "fwd_o_halves": True,
-        "sub_range": 0,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0, "early_exit": True},

@@ -128,7 +128,6 @@ def slc_fwd_kernel_block(
     item_row,  # [NW] CSR row h·NB + b of each work item
     item_lo,  # [NW]
     item_hi,  # [NW]
-    item_order,  # [NW] the work item of each program
     NB,
     e_base,  # first selection of this token range: partials are indexed e - e_base
     scale2,
@@ -143,7 +142,7 @@ def slc_fwd_kernel_block(
     S: tl.constexpr,
     O_HALVES: tl.constexpr,
 ):
-    pid = tl.load(item_order + tl.program_id(0))
+    pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
     HD: tl.constexpr = BD // 2
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
@@ -259,7 +258,6 @@ def slc_bwd_kernel_block(
     item_row,
     item_lo,
     item_hi,
-    item_order,
     NB,
     e_base,
     scale,
@@ -276,7 +274,7 @@ def slc_bwd_kernel_block(
     C: tl.constexpr,
     DQ_HALVES: tl.constexpr,
 ):
-    pid = tl.load(item_order + tl.program_id(0))
+    pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
     HD: tl.constexpr = BD // 2
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
@@ -398,37 +396,21 @@ def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -
     return {"entries": ent, "key": key, "big": big, "rows": rows, "block_indices": block_indices}
 
 
-def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int, sub_range: int = 0):
+def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int):
     """Token ranges of at most ``partial_elems / per_token_elems`` tokens and the work items of each.
 
     Work items are sized by an upper bound (no device sync): ``E / item`` full items plus one partial
-    item per CSR row and sub-range, ``E`` = the range's selections. With ``sub_range`` tokens > 0 the items
-    of a row are also cut at every ``sub_range`` tokens and programs run sub-range by sub-range
-    (``item_order``), so the query rows that concurrent programs gather come from one span of tokens.
-    Items of a row stay consecutive in the item tables (``row_first``), whatever the order of programs.
+    item per CSR row, ``E`` = the range's selections.
     """
     step = max(1, partial_elems // per_token_elems)
     _, HKV, S = sel["block_indices"].shape
-    rows, big, key = sel["rows"], sel["big"], sel["key"]
-    base = torch.arange(rows, device=key.device, dtype=torch.int64) * big
+    base = torch.arange(sel["rows"], device=sel["key"].device, dtype=torch.int64) * sel["big"]
     for t_lo in range(0, N, step):
         t_hi = min(t_lo + step, N)
-        cuts = list(range(t_lo, t_hi, sub_range)) + [t_hi] if sub_range > 0 else [t_lo, t_hi]
-        bounds = torch.tensor([min(c, big) for c in cuts], device=key.device, dtype=torch.int64)
-        edges = torch.searchsorted(key, (base[:, None] + bounds[None, :]).flatten()).view(rows, len(cuts))
-        parts = len(cuts) - 1
+        lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
+        hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
         entries = (t_hi - t_lo) * HKV * S
-        item_row, item_lo, item_hi, first = work_chunks(
-            edges[:, :-1].flatten(), edges[:, 1:].flatten(), item, entries // item + min(rows * parts, entries)
-        )
-        row_first = first[::parts].contiguous()
-        if parts > 1:
-            part = item_row.long() % parts
-            item_row = (item_row.long() // parts).to(torch.int32)
-            order = torch.sort(part * rows + item_row, stable=True).indices.to(torch.int32)
-        else:
-            order = torch.arange(item_row.numel(), device=key.device, dtype=torch.int32)
-        yield t_lo, t_hi, (item_row, item_lo, item_hi, row_first, order)
+        yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
 
 
 def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -453,7 +435,6 @@ def selection_fwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     o_halves: bool = False,
-    sub_range: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -461,8 +442,6 @@ def selection_fwd(
     number of CSR entries per work item; ``maxnreg`` caps the registers of the block kernel; the merge
     runs ``merge_block_m`` rows (tokens × G heads) per program on ``merge_warps`` warps. ``o_halves``: each
     step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32).
-    ``sub_range``: tokens per span that programs work through together (0: the whole range), see
-    :func:`_token_ranges`.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -478,12 +457,11 @@ def selection_fwd(
     step = max(1, partial_elems // (HQ * S * D))
     o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
     lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
-    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, sub_range)
-    for t_lo, t_hi, (item_row, item_lo, item_hi, _, order) in ranges:
+    for t_lo, t_hi, (item_row, item_lo, item_hi, _) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
         if item_row.numel():
             slc_fwd_kernel_block[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
-                item_row, item_lo, item_hi, order, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
+                item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
                 BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32, num_stages=num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
@@ -520,7 +498,6 @@ def selection_bwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     dq_halves: bool = False,
-    sub_range: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -529,7 +506,6 @@ def selection_bwd(
     the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
     ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction). ``dq_halves``: each step's dQ
     partial is computed and stored as two D/2-wide halves (fewer live registers; D tiles of at least 32).
-    ``sub_range`` as in :func:`selection_fwd`.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -547,15 +523,14 @@ def selection_bwd(
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, sub_range)
-    for t_lo, t_hi, (item_row, item_lo, item_hi, row_first, order) in ranges:
+    for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
         NW = item_row.numel()
         dk_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
         dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
         if NW:
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-                sel["entries"], item_row, item_lo, item_hi, order, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
+                sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
                 HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32, num_stages=num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
