@@ -212,6 +212,8 @@ def test_bad_arguments_raise_value_error():
         nsa_func(q, k, v, g, select_block=256)
     with pytest.raises(ValueError, match="branches"):
         nsa_func(q, k, v, g, branches=("dense",))
+    with pytest.raises(ValueError, match="scale=-0.5 must be a positive"):
+        nsa_func(q, k, v, g, scale=-0.5)
 
 
 def test_triton_backend_is_registered():

@@ -471,6 +471,8 @@ def nsa_func(
     geometry = [compress_block, compress_stride, select_block, num_selected, forced_initial, forced_local, window]
     flags = [name in branches for name in BRANCHES]
     scale = D**-0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale={scale} must be a positive softmax scale (None for 1/sqrt(D))")
     o, o_cmp, o_slc, o_swd, lse, computed, scores = torch.ops.nsa_kernels.nsa_fwd(
         q, k, v, gates.to(q.dtype), cu_seqlens, block_indices, geometry, flags, scale, return_aux
     )

@@ -97,20 +97,22 @@ def _slc_fwd_step(
     D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr, S: tl.constexpr,
 ):  # fmt: skip
     # partial outputs and LSEs of the entries base + tok (< hi) over one block; v_a, v_b: V halves or V twice.
-    # Unmasked steps: rows past hi load zeros and are not stored
+    # Unmasked steps: rows past hi load zeros and are not stored. The scale (> 0) goes into the exponent's FMA and
+    # P is normalised before the PV product, not the D-wide output
     row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
     qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
-    s = tl.dot(qt, tl.trans(kt)) * scale2
+    s = tl.dot(qt, tl.trans(kt))
     if MASKED:
         s = tl.where(row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None]), s, float("-inf"))
     m = tl.max(s, 1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    p = tl.exp2(s - m_safe[:, None])
+    m_safe = tl.where(m == float("-inf"), 0.0, m * scale2)
+    p = tl.exp2(s * scale2 - m_safe[:, None])
     l_i = tl.sum(p, 1)
     has_key = l_i > 0
     l_safe = tl.where(has_key, l_i, 1.0)
     out_rows = (e - e_base) * G + g
-    _store_product(o_part, out_rows, row_ok, p.to(v_a.dtype), v_a, v_b, 1.0 / l_safe[:, None], d, dh, O_HALVES, D, HD)
+    p = (p * (1.0 / l_safe)[:, None]).to(v_a.dtype)
+    _store_product(o_part, out_rows, row_ok, p, v_a, v_b, 1.0, d, dh, O_HALVES, D, HD)
     tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
 
 
