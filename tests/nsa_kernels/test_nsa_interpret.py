@@ -212,7 +212,7 @@ def test_bad_arguments_raise_value_error():
         nsa_func(q, k, v, g, select_block=256)
     with pytest.raises(ValueError, match="branches"):
         nsa_func(q, k, v, g, branches=("dense",))
-    with pytest.raises(ValueError, match="scale=-0.5 must be a positive"):
+    with pytest.raises(ValueError, match=r"scale=-0\.5 must be a positive"):
         nsa_func(q, k, v, g, scale=-0.5)
 
 
