@@ -123,24 +123,24 @@ def test_selection_is_exact_top_n_of_reference_scores(B, T, HKV, G, D, dtype, ov
     assert (highest_left <= lowest_chosen + 2e-2 * scores.amax(-1)).all()
 
 
-@pytest.mark.parametrize("early_exit", [True, False])
 @pytest.mark.parametrize("n", [1, 3, 5, 8])
-def test_select_topk_equals_reference_on_scores_with_ties(n, early_exit):
+def test_select_topk_equals_reference_on_scores_with_ties(n):
     from nsa_kernels.topk import select_topk
 
     config = small_config(num_selected=n, forced_initial=1, forced_local=0 if n == 1 else 2)
     T, HKV, NS = 100, 2, 7
     scores = torch.randint(0, 4, (1, T, HKV, NS)).float() / 4
     want = select_blocks(scores, config)
-    got = select_topk(scores[0], torch.arange(T), num_selected=n, select_block=16, early_exit=early_exit,
+    got = select_topk(scores[0], torch.arange(T), num_selected=n, select_block=16,
                       forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
     assert torch.equal(got, want[0])
 
 
-@pytest.mark.parametrize(("early_exit", "rows_per_program"), [(True, 1), (True, 4), (False, 1)])
+@pytest.mark.parametrize("rows_per_program", [1, 4])
 @pytest.mark.parametrize("n", [5, 32])
-def test_select_topk_equals_reference_on_close_scores(n, early_exit, rows_per_program):
-    """Near-uniform scores, some tied: the search starts below the bits every candidate shares."""
+def test_select_topk_equals_reference_on_close_scores(n, rows_per_program):
+    """Near-uniform scores, some tied: many passes before the n-th pattern stands apart, and ties at it; one row
+    per program or four (the search runs until every row of the program is decided)."""
     from nsa_kernels.topk import select_topk
 
     config = small_config(num_selected=n)
@@ -150,7 +150,7 @@ def test_select_topk_equals_reference_on_close_scores(n, early_exit, rows_per_pr
     scores[..., 1::9] = scores[..., :1]
     rows = torch.cat([torch.arange(0, 600, 60), torch.randint(600, T, (40,), generator=gen)])
     want = select_blocks(scores, config)[0, rows]
-    got = select_topk(scores[0, rows], rows, num_selected=n, select_block=16, early_exit=early_exit,
+    got = select_topk(scores[0, rows], rows, num_selected=n, select_block=16,
                       rows_per_program=rows_per_program,
                       forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
     assert torch.equal(got, want)

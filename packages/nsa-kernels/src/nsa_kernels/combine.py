@@ -137,7 +137,7 @@ def combine_bwd(
     dgates = torch.empty_like(gates)
     delta = torch.empty(3, N, HQ, device=do.device, dtype=torch.float32)
     names = [name for name in ("cmp", "slc", "swd") if name in gate_grads and name in outputs]
-    gated = torch.empty(max(len(names), 1), N, HQ, D, device=do.device, dtype=do.dtype) if names else do
+    gated = torch.empty(len(names), N, HQ, D, device=do.device, dtype=do.dtype) if names else do
     slots = {f"SLOT_{name.upper()}": names.index(name) if name in names else -1 for name in ("cmp", "slc", "swd")}
     BR = 32
     combine_bwd_kernel_gate[(triton.cdiv(R, BR),)](

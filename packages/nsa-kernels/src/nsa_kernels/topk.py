@@ -4,8 +4,9 @@ The importance kernel recomputes ``p = exp(q·k_cmp·scale - lse)`` over the vis
 with the compression LSE already known, sums it over the G query heads of each token with one small
 MMA, and writes one row of compressed-level scores per (token, KV head) for a chunk of tokens. The
 selection is exact: scores are non-negative floats, so their bit patterns order like the values; a
-bitwise binary search over the 31 pattern bits finds the n-th largest in registers (counting passes,
-no sort), ties at that value go to the more recent blocks, and forced blocks get the bits of +inf.
+bitwise binary search over the pattern bits, high to low, finds in registers a prefix with exactly n
+patterns at or above it, or else the n-th largest (counting passes, no sort); ties at that value go to the
+more recent blocks, and forced blocks get the bits of +inf.
 Chunking over tokens bounds the scratch memory to ``CHUNK_ELEMS`` scores, whatever T is.
 
 Shape legend:
@@ -119,7 +120,6 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
-    EARLY_EXIT: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
@@ -135,24 +135,17 @@ def topk_fwd_kernel_select(
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
     v = tl.zeros([R], tl.int32)
-    if EARLY_EXIT:
-        at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
-        b = 0
-        while (b < 31) & (tl.max(at_or_above, 0) > S):
-            cand = v | (1 << (30 - b))
-            above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
-            v = tl.where(above >= S, cand, v)
-            at_or_above = tl.where(above >= S, above, at_or_above)
-            b += 1
-        if tl.max(at_or_above, 0) <= S:  # noqa: SIM108 (a runtime branch in Triton)
-            chosen = bits >= v[:, None]
-        else:
-            chosen = _chosen_with_ties(bits, v, S)
+    at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
+    b = 0
+    while (b < 31) & (tl.max(at_or_above, 0) > S):
+        cand = v | (1 << (30 - b))
+        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+        v = tl.where(above >= S, cand, v)
+        at_or_above = tl.where(above >= S, above, at_or_above)
+        b += 1
+    if tl.max(at_or_above, 0) <= S:  # noqa: SIM108 (a runtime branch in Triton)
+        chosen = bits >= v[:, None]
     else:
-        for b in range(31):
-            cand = v | (1 << (30 - b))
-            above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
-            v = tl.where(above >= S, cand, v)
         chosen = _chosen_with_ties(bits, v, S)
     slot = tl.cumsum(chosen.to(tl.int32), 1) - 1
     tl.store(out + rows[:, None] * S + slot, j[None, :] + tl.zeros([R, NSP], tl.int32), mask=chosen)
@@ -182,14 +175,13 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
-    early_exit: bool = True,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
     Scores are non-negative, so their fp32 bit patterns order like the values. A program holds
     ``rows_per_program`` rows in registers, finds the n-th largest pattern ``v`` by a bitwise binary
-    search (at most 31 counting passes, no sort; with ``early_exit`` the search stops once exactly n
-    patterns lie at or above the prefix found so far), keeps every pattern above ``v`` and, among those equal to ``v``,
+    search (at most 31 counting passes, no sort; it stops once exactly n patterns lie at or above the prefix
+    found so far), keeps every pattern above ``v`` and, among those equal to ``v``,
     the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
     through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
     the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
@@ -204,7 +196,7 @@ def select_topk(
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
             CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
-            EARLY_EXIT=early_exit, num_warps=num_warps,
+            num_warps=num_warps,
         )  # fmt: skip
     return out
 
@@ -224,15 +216,13 @@ def select_fwd(
     select_rows: int = 1,
     select_warps: int = 4,
     block_n: int = 64,
-    early_exit: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel; ``early_exit`` as in
-    :func:`select_topk`.
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel.
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
@@ -261,7 +251,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows, early_exit=early_exit,
+        rows_per_program=select_rows,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
