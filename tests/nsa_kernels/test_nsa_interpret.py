@@ -318,3 +318,25 @@ def test_phase_tuning_overrides_one_phase():
         assert nsa._phase_tuning("bwd") == {"num_warps": 8, "item": 5, "partial_elems": 7}
     finally:
         nsa.TUNING["slc_block"] = original
+
+
+def test_backward_reuses_the_forward_selection_csr(monkeypatch):
+    """The backward takes the forward's selection CSR (one sort per step), and a plan from a reused CSR has the row
+    count and key base of a fresh one (varlen with an empty sequence)."""
+    from nsa_kernels import nsa, selection
+
+    calls = []
+    build = selection.selection_csr
+    monkeypatch.setattr(selection, "selection_csr", lambda *a: calls.append(1) or build(*a))
+    config = small_config(num_selected=4, window=33)
+    cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    o, aux = _run(q, k, v, g, config, cu_seqlens)
+    torch.autograd.grad(o, (q, k, v, g), torch.randn_like(o))
+    assert len(calls) == 1
+
+    plan = nsa._plan(cu_seqlens, 14, 2, nsa._geometry([16, 16, 16, 4, 1, 2, 33]), 64, [37, 0, 83])
+    indices = aux.block_indices.reshape(120, 2, -1).to(torch.int32)
+    fresh = selection.selection_plan(plan, indices, config.select_block)
+    reused = selection.selection_plan(plan, indices, config.select_block, (fresh["entries"], fresh["key"]))
+    assert (reused["rows"], reused["big"]) == (fresh["rows"], fresh["big"]) == (2 * (3 + 6), 120)

@@ -241,7 +241,8 @@ def branch_bwd_kernel_dq(
     gates,  # [N, HQ, 3]
     lse,  # [N, HQ] fp32 of this branch
     delta,  # [N, HQ] fp32: gate · rowsum(dO · o_branch)
-    dq,  # [N, HQ, D] fp32, stored or accumulated
+    dq,  # [N, HQ, D] fp32, accumulated from
+    dq_out,  # [N, HQ, D] fp32 or the input dtype, stored (may be dq)
     cu_seqlens,
     cu_keys,
     tile_seq,
@@ -325,7 +326,8 @@ def branch_bwd_kernel_dq(
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
         acc += tl.load(dq_ptrs, mask=io_mask, other=0.0)
-    tl.store(dq_ptrs, acc, mask=io_mask)
+    out_ptrs = dq_out + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    tl.store(out_ptrs, acc.to(dq_out.dtype.element_ty), mask=io_mask)
 
 
 @triton.jit
@@ -499,6 +501,7 @@ def branch_bwd(
     geometry: dict,
     accumulate_dq: bool,
     dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dq_out: torch.Tensor | None = None,
     block_m: int = 64,
     dkv_block_m: int = 64,
     num_warps: int = 4,
@@ -508,6 +511,8 @@ def branch_bwd(
     maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
+
+    With ``dq_out`` (the last dQ writer: the input dtype) the sum goes there instead of back into ``dq``.
 
     For ``SLC`` and ``SWD`` the dK/dV go into ``dkv`` (fp32 ``[1, N, HKV, D]`` pair; stored when
     ``dkv`` is ``None``, accumulated otherwise). For ``CMP`` they are the gradients of the compressed
@@ -539,7 +544,7 @@ def branch_bwd(
     tile_seq, tile_start = plan["tiles"]
     if tile_seq.numel():
         branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](
-            q, k, v, do, gates, lse, delta, dq,
+            q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out,
             plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
             scale, scale * LOG2E,
             BN=BN_slc if mode == SLC else 64, S=S, NSP=max(triton.next_power_of_2(S), 2),

@@ -229,6 +229,7 @@ def nsa_fwd(
             tune = _phase_tuning("fwd")
             del tune["dq_partials_fp32"]
             sel = selection_plan(plan, block_indices, geometry["select_block"])
+            out["csr"] = sel["entries"], sel["key"]
             out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
                 q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
             )
@@ -259,8 +260,9 @@ def nsa_bwd(
     geometry: dict,
     branches: tuple[str, ...],
     scale: float,
+    csr: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype."""
+    """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype; ``csr``: the forward's selection CSR."""
     shape_q, shape_k, shape_g = q.shape, k.shape, gates.shape
     HQ, HKV = q.shape[2], k.shape[2]
     q, k, v, gates, cu, lens = _flatten(q, k, v, gates, cu_seqlens)
@@ -269,22 +271,26 @@ def nsa_bwd(
     pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name])
     dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    dq_final = torch.empty_like(q)
+    last_dq = next(name for name in ("cmp", "swd", "slc") if name in branches)
     dkv = None
     accumulate = False
 
     def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict, **kw):
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
-            plan=plan, gated=name in gated, scale=scale, geometry=geometry, **kw, **TUNING[name],
+            plan=plan, gated=name in gated, scale=scale, geometry=geometry, dq_out=dq_final if name == last_dq else None,
+            **kw, **TUNING[name],
         )  # fmt: skip
 
     if "slc" in branches and SELECTION["algo"] == "block":
         plan = plans(TUNING["slc_block"]["block_m"])
         tune = _phase_tuning("bwd")
-        sel = selection_plan(plan, block_indices, geometry["select_block"])
+        sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
         dkv = selection_bwd(
             q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated, **tune,
+            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated,
+            dq_out=dq_final if last_dq == "slc" else None, **tune,
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:
@@ -306,7 +312,7 @@ def nsa_bwd(
         dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, **pool)
     dtype = q.dtype
     return (
-        dq.to(dtype).reshape(shape_q),
+        dq_final.reshape(shape_q),
         dkv[0].to(dtype).reshape(shape_k),
         dkv[1].to(dtype).reshape(shape_k),
         dgates.reshape(shape_g),
@@ -323,11 +329,13 @@ def _branches(flags: list[bool]) -> tuple[str, ...]:
 
 _FWD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor gates, Tensor? cu_seqlens, Tensor? block_indices, int[] geometry, "
-    "bool[] branches, float scale, bool return_scores) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "bool[] branches, float scale, bool return_scores) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
     "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor gates, Tensor? cu_seqlens, Tensor o_cmp, Tensor o_slc, "
-    "Tensor o_swd, Tensor lse, Tensor block_indices, int[] geometry, bool[] branches, float scale) "
+    "Tensor o_swd, Tensor lse, Tensor block_indices, Tensor csr_entries, Tensor csr_key, int[] geometry, "
+    "bool[] branches, float scale) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -346,12 +354,15 @@ def _nsa_fwd_op(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, s
     scores = res.get("scores")
     if scores is not None:
         scores = torch.nn.functional.pad(scores, (0, math.ceil(N / geometry[2]) - scores.shape[-1]))
+    entries, key = res.get("csr", (q.new_empty(0, dtype=torch.int32), q.new_empty(0, dtype=torch.int64)))
     return (
         res["o"].reshape(q.shape),
         *(res["outputs"][name] if name in res["outputs"] else q.new_empty(0) for name in BRANCHES),
         lse,
         computed if computed is not None else q.new_empty(0, dtype=torch.int32),
         scores if scores is not None else q.new_empty(0, dtype=torch.float32),
+        entries,
+        key,
     )
 
 
@@ -360,6 +371,8 @@ def _(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, retu
     N, HQ, HKV = q.shape[0] * q.shape[1], q.shape[2], k.shape[2]
     flat = q.new_empty(N, HQ, q.shape[3])
     slc_computed = branches[1] and block_indices is None
+    S = geometry[3] if block_indices is None else block_indices.shape[-1]
+    E = N * HKV * S if branches[1] and SELECTION["algo"] == "block" else 0
     return (
         torch.empty_like(q),
         *(flat.clone() if on else q.new_empty(0) for on in branches),
@@ -368,30 +381,36 @@ def _(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, retu
         q.new_empty(
             (N, HKV, math.ceil(N / geometry[2])) if slc_computed and return_scores else (0,), dtype=torch.float32
         ),
+        q.new_empty(E, dtype=torch.int32),
+        q.new_empty(E, dtype=torch.int64),
     )
 
 
 @torch.library.custom_op("nsa_kernels::nsa_bwd", mutates_args=(), schema=_BWD_SCHEMA)
-def _nsa_bwd_op(do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, geometry, branches, scale):
+def _nsa_bwd_op(
+    do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, csr_entries, csr_key, geometry, branches,
+    scale,
+):
     names = _branches(branches)
     outputs = {n: o for n, o in zip(BRANCHES, (o_cmp, o_slc, o_swd), strict=True) if n in names}
     lses = {n: lse[c] for c, n in enumerate(BRANCHES) if n in names}
     bi = block_indices.reshape(q.shape[0] * q.shape[1], k.shape[2], -1).to(torch.int32).contiguous()
-    return nsa_bwd(do, q, k, v, gates, cu_seqlens, outputs, lses, bi, _geometry(geometry), names, scale)
+    csr = (csr_entries, csr_key) if csr_entries.numel() else None
+    return nsa_bwd(do, q, k, v, gates, cu_seqlens, outputs, lses, bi, _geometry(geometry), names, scale, csr)
 
 
 @_nsa_bwd_op.register_fake
-def _(do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, geometry, branches, scale):
+def _(do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, csr_entries, csr_key, *args):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gates)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, _ = inputs
-    _, o_cmp, o_slc, o_swd, lse, computed, _ = output
+    _, o_cmp, o_slc, o_swd, lse, computed, _, csr_entries, csr_key = output
     selected = computed if block_indices is None else block_indices
     if selected is None:
         selected = q.new_empty(0, dtype=torch.int32)
-    ctx.save_for_backward(q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected)
+    ctx.save_for_backward(q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key)
     ctx.geometry, ctx.branches, ctx.scale = geometry, branches, scale
     ctx.set_materialize_grads(False)
 
@@ -399,10 +418,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, do, *unused):
     if do is None:
         return (None,) * 10
-    q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected = ctx.saved_tensors
+    q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key = ctx.saved_tensors
     dq, dk, dv, dg = torch.ops.nsa_kernels.nsa_bwd(
-        do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, ctx.geometry, ctx.branches, ctx.scale
-    )
+        do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key, ctx.geometry,
+        ctx.branches, ctx.scale,
+    )  # fmt: skip
     return dq, dk, dv, dg, None, None, None, None, None, None
 
 
@@ -473,7 +493,7 @@ def nsa_func(
     scale = D**-0.5 if scale is None else float(scale)
     if not scale > 0:
         raise ValueError(f"scale={scale} must be a positive softmax scale (None for 1/sqrt(D))")
-    o, o_cmp, o_slc, o_swd, lse, computed, scores = torch.ops.nsa_kernels.nsa_fwd(
+    o, o_cmp, o_slc, o_swd, lse, computed, scores, _, _ = torch.ops.nsa_kernels.nsa_fwd(
         q, k, v, gates.to(q.dtype), cu_seqlens, block_indices, geometry, flags, scale, return_aux
     )
     if not return_aux:

@@ -32,7 +32,7 @@ from nsa_kernels.attention import (
     _load_rows,
     launch_options,
 )
-from nsa_kernels.index import selection_csr, work_chunks
+from nsa_kernels.index import selection_csr, tile_count, work_chunks
 
 
 @triton.jit
@@ -357,7 +357,8 @@ def slc_bwd_kernel_reduce_dkv(
 def slc_bwd_kernel_reduce_dq(
     dq_part,  # [E, G, D] fp32 or the input dtype
     blk_idx,  # [N, HKV, S]
-    dq,  # [N, HQ, D] fp32
+    dq,  # [N, HQ, D] fp32, accumulated from
+    dq_out,  # [N, HQ, D] fp32 or the input dtype, stored (may be dq)
     t_base,
     t_end,
     HQ: tl.constexpr,
@@ -389,12 +390,23 @@ def slc_bwd_kernel_reduce_dq(
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
         acc += tl.load(ptrs, mask=io_mask, other=0.0)
-    tl.store(ptrs, acc, mask=io_mask)
+    out_ptrs = dq_out + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
+    tl.store(out_ptrs, acc.to(dq_out.dtype.element_ty), mask=io_mask)
 
 
-def selection_plan(plan: dict, block_indices: torch.Tensor, select_block: int) -> dict:
-    """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range."""
-    _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
+def selection_plan(
+    plan: dict, block_indices: torch.Tensor, select_block: int, csr: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict:
+    """CSR of the selections per (KV head, block), entries ``e``, and the keys that split it by token range.
+
+    ``csr``: the ``(entries, key)`` of an earlier plan of the same indices (the forward's, reused by the
+    backward), so the sort is not run again.
+    """
+    if csr is None:
+        _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
+    else:
+        (ent, key), big = csr, max(block_indices.shape[0], 1)
+        rows = block_indices.shape[1] * tile_count(plan["lens"], select_block)
     return {"entries": ent, "key": key, "big": big, "rows": rows, "block_indices": block_indices}
 
 
@@ -489,6 +501,7 @@ def selection_bwd(
     select_block: int,
     accumulate_dq: bool,
     dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dq_out: torch.Tensor | None = None,
     block_m: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
@@ -502,6 +515,8 @@ def selection_bwd(
     dq_halves: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
+
+    With ``dq_out`` (the last dQ writer: the input dtype) the sum goes there instead of back into ``dq``.
 
     Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
@@ -544,7 +559,7 @@ def selection_bwd(
         accumulate = True
         merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
         slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
-            dq_part, blk_idx, dq, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S, ACCUMULATE=accumulate_dq,
+            dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S, ACCUMULATE=accumulate_dq,
             **{**common, "num_warps": merge_warps},
         )  # fmt: skip
     return dkv
