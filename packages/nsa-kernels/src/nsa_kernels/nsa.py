@@ -279,8 +279,8 @@ def nsa_bwd(
     def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict, **kw):
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
-            plan=plan, gated=name in gated, scale=scale, geometry=geometry, dq_out=dq_final if name == last_dq else None,
-            **kw, **TUNING[name],
+            plan=plan, gated=name in gated, scale=scale, geometry=geometry,
+            dq_out=dq_final if name == last_dq else None, **kw, **TUNING[name],
         )  # fmt: skip
 
     if "slc" in branches and SELECTION["algo"] == "block":
@@ -390,7 +390,7 @@ def _(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, retu
 def _nsa_bwd_op(
     do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, csr_entries, csr_key, geometry, branches,
     scale,
-):
+):  # fmt: skip
     names = _branches(branches)
     outputs = {n: o for n, o in zip(BRANCHES, (o_cmp, o_slc, o_swd), strict=True) if n in names}
     lses = {n: lse[c] for c, n in enumerate(BRANCHES) if n in names}

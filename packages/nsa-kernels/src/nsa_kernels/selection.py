@@ -559,7 +559,7 @@ def selection_bwd(
         accumulate = True
         merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
         slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
-            dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S, ACCUMULATE=accumulate_dq,
-            **{**common, "num_warps": merge_warps},
+            dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
+            ACCUMULATE=accumulate_dq, **{**common, "num_warps": merge_warps},
         )  # fmt: skip
     return dkv
