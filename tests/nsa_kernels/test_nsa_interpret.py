@@ -340,3 +340,19 @@ def test_backward_reuses_the_forward_selection_csr(monkeypatch):
     fresh = selection.selection_plan(plan, indices, config.select_block)
     reused = selection.selection_plan(plan, indices, config.select_block, (fresh["entries"], fresh["key"]))
     assert (reused["rows"], reused["big"]) == (fresh["rows"], fresh["big"]) == (2 * (3 + 6), 120)
+
+
+def test_top_n_in_token_chunks_equals_one_chunk(monkeypatch):
+    """Importance and top-n run chunk by chunk of tokens (one tile per chunk here, varlen with an empty sequence)
+    and choose the same blocks, with the same scores, as in one chunk."""
+    from nsa_kernels import nsa
+
+    config = small_config(num_selected=4, window=33)
+    cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    with torch.no_grad():
+        _, whole = _run(q, k, v, g, config, cu_seqlens)
+        monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], "chunk_elems": 1})
+        _, chunked = _run(q, k, v, g, config, cu_seqlens)
+    assert torch.equal(chunked.block_indices, whole.block_indices)
+    assert torch.equal(chunked.block_scores, whole.block_scores)

@@ -64,7 +64,7 @@ TUNING = {
         "fwd_o_halves": True,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0},
+    "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0, "chunk_elems": 2**25},
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.

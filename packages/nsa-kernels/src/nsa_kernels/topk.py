@@ -25,7 +25,7 @@ from nsa_kernels.attention import _load_rows, _token_tile
 from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
-"""Largest number of (token, KV head, block) scores held at once."""
+"""Default largest number of (token, KV head, block) scores held at once (``select_fwd(chunk_elems=...)``)."""
 
 
 @triton.jit
@@ -216,13 +216,15 @@ def select_fwd(
     select_rows: int = 1,
     select_warps: int = 4,
     block_n: int = 64,
+    chunk_elems: int = CHUNK_ELEMS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel.
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel. Tokens run in chunks whose
+    scores hold at most ``chunk_elems`` elements (a scores launch and a selection launch per chunk).
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
@@ -247,7 +249,7 @@ def select_fwd(
     _, t_rel = positions(cu, N)
     out = torch.empty(N, HKV, geometry["num_selected"], device=q.device, dtype=torch.int32)
     all_scores = torch.zeros(N, HKV, n_sel, device=q.device, dtype=torch.float32) if return_scores else None
-    tiles_per_chunk = max(1, CHUNK_ELEMS // (TT * HKV * max(ncp, n_sel) * 2))
+    tiles_per_chunk = max(1, chunk_elems // (TT * HKV * max(ncp, n_sel) * 2))
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
