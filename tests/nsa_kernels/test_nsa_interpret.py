@@ -138,15 +138,23 @@ def test_select_topk_equals_reference_on_scores_with_ties(n):
 
 @pytest.mark.parametrize("rows_per_program", [1, 4])
 @pytest.mark.parametrize("n", [5, 32])
-def test_select_topk_equals_reference_on_close_scores(n, rows_per_program):
+@pytest.mark.parametrize("spread", ["close", "octaves", "outlier"])
+def test_select_topk_equals_reference_on_close_scores(n, rows_per_program, spread):
     """Near-uniform scores, some tied: many passes before the n-th pattern stands apart, and ties at it; one row
-    per program or four (the search runs until every row of the program is decided)."""
+    per program or four (the search runs until every row of the program is decided). ``octaves``: scores over two
+    octaves with many exactly at the powers of two, so the n-th largest may sit on an octave's edge; ``outlier``:
+    one score per row far above the rest, so the search cannot start inside the top octave."""
     from nsa_kernels.topk import select_topk
 
     config = small_config(num_selected=n)
     gen = torch.Generator().manual_seed(n)
     T, HKV, NS = 16 * 200 + 40, 2, 200
     scores = (7e-3 * (1 + 0.15 * torch.randn(1, T, HKV, NS, generator=gen))).abs()
+    if spread == "octaves":
+        scores = 2 ** -torch.randint(0, 3, (1, T, HKV, NS), generator=gen).float() * (1 - 0.3 * scores / 7e-3).clamp(0)
+        scores[..., 3::11] = 0.5
+    elif spread == "outlier":
+        scores[..., 7] = 1.0
     scores[..., 1::9] = scores[..., :1]
     rows = torch.cat([torch.arange(0, 600, 60), torch.randint(600, T, (40,), generator=gen)])
     want = select_blocks(scores, config)[0, rows]

@@ -64,7 +64,14 @@ TUNING = {
         "fwd_o_halves": True,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
-    "topk": {"block_m": 64, "num_warps": 8, "block_n": 64, "select_warps": 0, "chunk_elems": 2**25},
+    "topk": {
+        "block_m": 64,
+        "num_warps": 8,
+        "num_stages": 3,
+        "block_n": 64,
+        "select_warps": 0,
+        "chunk_elems": 2**27,
+    },
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
@@ -271,8 +278,16 @@ def nsa_bwd(
     pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name])
     dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
-    dq_final = torch.empty_like(q)
     last_dq = next(name for name in ("cmp", "swd", "slc") if name in branches)
+    dq_final = None
+
+    def final_dq(name: str) -> Tensor | None:
+        # the output dQ (input dtype) for the last dQ writer, allocated only then: not live at the selection's peak
+        nonlocal dq_final
+        if name == last_dq:
+            dq_final = torch.empty_like(q)
+        return dq_final
+
     dkv = None
     accumulate = False
 
@@ -280,7 +295,7 @@ def nsa_bwd(
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
             plan=plan, gated=name in gated, scale=scale, geometry=geometry,
-            dq_out=dq_final if name == last_dq else None, **kw, **TUNING[name],
+            dq_out=final_dq(name), **kw, **TUNING[name],
         )  # fmt: skip
 
     if "slc" in branches and SELECTION["algo"] == "block":
@@ -290,7 +305,7 @@ def nsa_bwd(
         dkv = selection_bwd(
             q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
             select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated,
-            dq_out=dq_final if last_dq == "slc" else None, **tune,
+            dq_out=final_dq("slc"), **tune,
         )  # fmt: skip
         accumulate = True
     elif "slc" in branches:

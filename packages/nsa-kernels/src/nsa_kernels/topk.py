@@ -103,6 +103,24 @@ def _chosen_with_ties(bits, v, S: tl.constexpr):
 
 
 @triton.jit
+def _search_start(bits, forced, S: tl.constexpr):
+    # (v, at_or_above, pass) to start the bit search from. A row with at most n visible blocks is decided at once.
+    # When fewer than n blocks are forced (+inf) and at least n patterns lie at or above the power of two below the
+    # largest unforced score, the n-th largest has that power's sign and exponent bits: the search can start at
+    # the first mantissa bit (pass 8) from that prefix. Otherwise, or if any row of the program cannot, it starts
+    # at bit 30 from 0
+    total = tl.sum((bits >= 0).to(tl.int32), 1)
+    decided = total <= S
+    top = tl.max(tl.where(forced, -1, bits), 1)
+    octave = tl.where(top >= 0, top & 0x7F800000, 0)
+    in_octave = tl.sum((bits >= octave[:, None]).to(tl.int32), 1)
+    ok = decided | ((top >= 0) & (in_octave >= S) & (tl.sum(forced.to(tl.int32), 1) < S))
+    start = tl.min(ok.to(tl.int32), 0)
+    bracket = (start > 0) & ~decided
+    return tl.where(bracket, octave, 0), tl.where(bracket, in_octave, total), start * 8
+
+
+@triton.jit
 def topk_fwd_kernel_select(
     scores,  # [M, HKV, NCOL] fp32 importance; columns >= the token's complete blocks unread when CL > 0
     t_rel,  # [M] position of each token inside its sequence
@@ -120,6 +138,7 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
+    OCTAVE: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
@@ -134,9 +153,12 @@ def topk_fwd_kernel_select(
     forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
-    v = tl.zeros([R], tl.int32)
-    at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
-    b = 0
+    if OCTAVE:
+        v, at_or_above, b = _search_start(bits, forced & visible, S)
+    else:
+        v = tl.zeros([R], tl.int32)
+        at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
+        b = tl.zeros([], tl.int32)
     while (b < 31) & (tl.max(at_or_above, 0) > S):
         cand = v | (1 << (30 - b))
         above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
@@ -175,13 +197,15 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
+    octave_start: bool = True,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
     Scores are non-negative, so their fp32 bit patterns order like the values. A program holds
     ``rows_per_program`` rows in registers, finds the n-th largest pattern ``v`` by a bitwise binary
     search (at most 31 counting passes, no sort; it stops once exactly n patterns lie at or above the prefix
-    found so far), keeps every pattern above ``v`` and, among those equal to ``v``,
+    found so far; it starts at the first mantissa bit when the n-th largest must share the exponent of the
+    largest unforced score), keeps every pattern above ``v`` and, among those equal to ``v``,
     the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
     through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
     the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
@@ -196,7 +220,7 @@ def select_topk(
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
             CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
-            num_warps=num_warps,
+            OCTAVE=octave_start, num_warps=num_warps,
         )  # fmt: skip
     return out
 
@@ -212,18 +236,21 @@ def select_fwd(
     return_scores: bool = False,
     block_m: int = 64,
     num_warps: int = 4,
+    num_stages: int = 3,
     pad_heads: bool = True,
     select_rows: int = 1,
     select_warps: int = 4,
     block_n: int = 64,
     chunk_elems: int = CHUNK_ELEMS,
+    octave_start: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel. Tokens run in chunks whose
+    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages``
+    its launch. Tokens run in chunks whose
     scores hold at most ``chunk_elems`` elements (a scores launch and a selection launch per chunk).
     """
     N, HQ, D = q.shape
@@ -253,7 +280,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows,
+        rows_per_program=select_rows, octave_start=octave_start,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
@@ -265,6 +292,7 @@ def select_fwd(
             q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
             HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
             TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
+            num_stages=num_stages,
         )  # fmt: skip
         visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
         select["num_warps"] = select_warps or max(1, min(4, triton.next_power_of_2(visible) // 512))
