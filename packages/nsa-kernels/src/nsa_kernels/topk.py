@@ -21,11 +21,34 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import _load_rows, _token_tile
+from nsa_kernels.attention import _cmp_full_keys, _load_keys, _load_rows, _token_tile
 from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**25
 """Default largest number of (token, KV head, block) scores held at once (``select_fwd(chunk_elems=...)``)."""
+
+
+@triton.jit
+def _scores_step(qt, k_cmp, pos, ok, mask, d, h, lse2, head_sum, scores, out_rows, out_ok, i, scale2,
+                 HKV: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, TTP: tl.constexpr, GP: tl.constexpr,
+                 G: tl.constexpr):  # fmt: skip
+    # token scores of one step of compressed keys; ok / mask None: every key is there and every row sees it (rows
+    # without keys have lse2 = +inf, so p = 0 there)
+    if ok is None:
+        kt = tl.load(k_cmp + pos.to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :], mask=d[None, :] < D, other=0.0)
+    else:
+        kt = _load_keys(k_cmp, pos, d, ok, h, HKV, D)
+    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
+    if mask is not None:
+        p = tl.where(mask, p, 0.0)
+    if GP == G:  # noqa: SIM108
+        token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+    else:
+        token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
+    if ok is None:
+        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None])
+    else:
+        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -74,22 +97,15 @@ def topk_fwd_kernel_scores(
     out_ok = (tt < TT) & (t_out < eos)
     out_rows = (t_out - t_base).to(tl.int64) * (HKV * NCP) + h * NCP
     nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-    for start in range(0, nk, BN):
+    for start in range(0, _cmp_full_keys(t0 - bos, CL, CS, BN), BN):
+        _scores_step(qt, k_cmp, kbos + start + cols, None, None, d, h, lse2, head_sum, scores, out_rows, out_ok,
+                     start + cols, scale2, HKV, D, BN, TTP, GP, G)  # fmt: skip
+    for start in range(_cmp_full_keys(t0 - bos, CL, CS, BN), nk, BN):
         i = start + cols
         ok = i < nk
-        kt = tl.load(
-            k_cmp + (kbos + i).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :],
-            mask=ok[:, None] & (d[None, :] < D),
-            other=0.0,
-        )
-        s = tl.dot(qt, tl.trans(kt)) * scale2
         mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
-        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-        if GP == G:  # noqa: SIM108
-            token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
-        else:
-            token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
-        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
+        _scores_step(qt, k_cmp, kbos + i, ok, mask, d, h, lse2, head_sum, scores, out_rows, out_ok, i, scale2, HKV, D,
+                     BN, TTP, GP, G)  # fmt: skip
 
 
 @triton.jit
@@ -138,7 +154,6 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
-    OCTAVE: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
@@ -153,12 +168,7 @@ def topk_fwd_kernel_select(
     forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
-    if OCTAVE:
-        v, at_or_above, b = _search_start(bits, forced & visible, S)
-    else:
-        v = tl.zeros([R], tl.int32)
-        at_or_above = tl.sum((bits >= 0).to(tl.int32), 1)
-        b = tl.zeros([], tl.int32)
+    v, at_or_above, b = _search_start(bits, forced & visible, S)
     while (b < 31) & (tl.max(at_or_above, 0) > S):
         cand = v | (1 << (30 - b))
         above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
@@ -197,7 +207,6 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
-    octave_start: bool = True,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
@@ -220,7 +229,7 @@ def select_topk(
             HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
             CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
-            OCTAVE=octave_start, num_warps=num_warps,
+            num_warps=num_warps,
         )  # fmt: skip
     return out
 
@@ -242,7 +251,6 @@ def select_fwd(
     select_warps: int = 4,
     block_n: int = 64,
     chunk_elems: int = CHUNK_ELEMS,
-    octave_start: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
@@ -280,7 +288,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows, octave_start=octave_start,
+        rows_per_program=select_rows,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
