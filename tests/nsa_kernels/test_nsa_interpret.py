@@ -364,3 +364,25 @@ def test_top_n_in_token_chunks_equals_one_chunk(monkeypatch):
         _, chunked = _run(q, k, v, g, config, cu_seqlens)
     assert torch.equal(chunked.block_indices, whole.block_indices)
     assert torch.equal(chunked.block_scores, whole.block_scores)
+
+
+def test_plans_are_reused_across_calls_of_one_layout(monkeypatch):
+    """Index tables are built once per (lengths, heads, geometry, rows) and then reused; the cache keeps the most
+    recent layouts only, and each call's plan carries that call's own ``cu_seqlens``."""
+    from nsa_kernels import nsa
+
+    monkeypatch.setattr(nsa, "_plan_cache", nsa.OrderedDict())
+    monkeypatch.setattr(nsa, "PLAN_CACHE_SIZE", 2)
+    built = []
+    monkeypatch.setattr(nsa, "_plan", lambda *args: built.append(args[-1]) or {"lens": args[-1]})
+    geometry = nsa._geometry([16, 16, 16, 4, 1, 2, 33])
+    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    first = nsa._Plans(cu, [37, 0, 83], 14, 2, geometry)(64)
+    again = nsa._Plans(cu.clone(), [37, 0, 83], 14, 2, geometry)
+    assert again(64)["cu_seqlens"] is again.cu and first["cu_seqlens"] is cu
+    assert built == [[37, 0, 83]]
+    nsa._Plans(cu, [37, 0, 83], 14, 2, geometry)(128)
+    nsa._Plans(cu, [120], 14, 2, geometry)(64)
+    assert len(built) == 3 and len(nsa._plan_cache) == 2
+    nsa._Plans(cu, [37, 0, 83], 14, 2, geometry)(64)
+    assert len(built) == 4

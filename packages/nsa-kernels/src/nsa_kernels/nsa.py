@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -148,17 +149,31 @@ def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int, lens: lis
     }
 
 
+PLAN_CACHE_SIZE = 32
+_plan_cache: OrderedDict = OrderedDict()
+
+
 class _Plans:
-    """Plans per ``block_m`` of one call, built once from the host lengths."""
+    """Plans per ``block_m`` of one call, from the host lengths, kept across calls of the same layout.
+
+    A training loop calls with the same sequence lengths every step (forward and backward of every layer), so the
+    index tables are built once and reused: no host work, no host-to-device copies (which a CUDA graph capture would
+    also forbid). The ``PLAN_CACHE_SIZE`` most recent layouts are kept; the tables are only ever read.
+    """
 
     def __init__(self, cu: Tensor, lens: list[int], HQ: int, HKV: int, geometry: dict):
-        self.args, self.cache = (cu, HQ, HKV, geometry), {}
-        self.lens = lens
+        self.cu, self.lens, self.args = cu, lens, (HQ, HKV, geometry)
+        self.key = (str(cu.device), tuple(lens), HQ, HKV, tuple(geometry.items()))
 
     def __call__(self, block_m: int) -> dict:
-        if block_m not in self.cache:
-            self.cache[block_m] = _plan(*self.args, block_m, self.lens)
-        return self.cache[block_m]
+        key = (*self.key, block_m)
+        if key in _plan_cache:
+            _plan_cache.move_to_end(key)
+        else:
+            _plan_cache[key] = _plan(self.cu, *self.args, block_m, self.lens)
+            while len(_plan_cache) > PLAN_CACHE_SIZE:
+                _plan_cache.popitem(last=False)
+        return {**_plan_cache[key], "cu_seqlens": self.cu}
 
 
 def _with_selection(plan: dict, block_indices: Tensor, geometry: dict, need_csr: bool) -> dict:
