@@ -7,7 +7,7 @@ selection is exact: scores are non-negative floats, so their bit patterns order 
 bitwise binary search over the pattern bits, high to low, finds in registers a prefix with exactly n
 patterns at or above it, or else the n-th largest (counting passes, no sort); ties at that value go to the
 more recent blocks, and forced blocks get the bits of +inf.
-Chunking over tokens bounds the scratch memory to ``CHUNK_ELEMS`` scores, whatever T is.
+Chunking over tokens bounds the scratch memory to ``chunk_elems`` scores (``TUNING["topk"]``), whatever T is.
 
 Shape legend:
     N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim, NC compressed keys,
