@@ -10,9 +10,7 @@ Forward: every selection ``e = (t·HKV + h)·S + slot`` gets a partial output (s
 alone, in the input dtype) and its base-2 LSE; a merge pass folds the S partials of each
 (token, KV head) in slot order. Backward: one pass recomputes P once per selection and yields the
 partial dQ of that selection (fp32) and the dK/dV partial sums of the work item; two reduce passes add
-them in a fixed order (slots ascending, work items ascending). The only work item of a (KV head, block) row
-in a token range adds its dK/dV to the result itself (no partial, nothing to reduce). No float atomics:
-deterministic.
+them in a fixed order (slots ascending, work items ascending). No float atomics: deterministic.
 
 Shape legend:
     N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim (BD its tile),
@@ -244,19 +242,6 @@ def _slc_bwd_step(
 
 
 @triton.jit
-def _add_key_rows(dk, dv, dk_acc, dv_acc, rows, h, d, ok, HKV: tl.constexpr, D: tl.constexpr,
-                  ACCUMULATE: tl.constexpr):  # fmt: skip
-    # dK/dV of one block's keys (global rows) into [N, HKV, D], added to what is there when ACCUMULATE
-    offs = rows.to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
-    io_mask = ok[:, None] & (d[None, :] < D)
-    if ACCUMULATE:
-        dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
-        dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
-    tl.store(dk + offs, dk_acc, mask=io_mask)
-    tl.store(dv + offs, dv_acc, mask=io_mask)
-
-
-@triton.jit
 def slc_bwd_kernel_block(
     q,  # [N, HQ, D]
     k,  # [N, HKV, D]
@@ -268,8 +253,6 @@ def slc_bwd_kernel_block(
     dq_part,  # [E, G, D] fp32 or the input dtype
     dk_part,  # [NW, BN, D] fp32
     dv_part,  # [NW, BN, D] fp32
-    dk,  # [N, HKV, D] fp32: the only work item of a CSR row adds its sums here instead of a partial
-    dv,
     cu_seqlens,
     blk_seq,
     blk_start,
@@ -277,7 +260,6 @@ def slc_bwd_kernel_block(
     item_row,
     item_lo,
     item_hi,
-    row_first,  # [HKV·NB + 1] first work item of each CSR row
     NB,
     e_base,
     scale,
@@ -293,7 +275,6 @@ def slc_bwd_kernel_block(
     S: tl.constexpr,
     C: tl.constexpr,
     DQ_HALVES: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -321,14 +302,10 @@ def slc_bwd_kernel_block(
             q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
             e_base, dk_acc, dv_acc, scale, scale2, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
         )  # fmt: skip
-    row = tl.load(item_row + pid)
-    if (tl.load(row_first + row) == pid) & (tl.load(row_first + row + 1) == pid + 1):
-        _add_key_rows(dk, dv, dk_acc * scale, dv_acc, bos + kpos, h, d, k_ok, HKV, D, ACCUMULATE)
-    else:
-        offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
-        io_mask = (n < BN)[:, None] & (d[None, :] < D)
-        tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
-        tl.store(dv_part + offs, dv_acc, mask=io_mask)
+    offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
+    io_mask = (n < BN)[:, None] & (d[None, :] < D)
+    tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
+    tl.store(dv_part + offs, dv_acc, mask=io_mask)
 
 
 @triton.jit
@@ -360,15 +337,20 @@ def slc_bwd_kernel_reduce_dkv(
     k_ok = (n < SB) & (k0 + n < eos - bos)
     first = tl.load(row_first + h * NB + b)
     last = tl.load(row_first + h * NB + b + 1)
-    if last - first != 1:
-        dk_acc = tl.zeros([BN, BD], tl.float32)
-        dv_acc = tl.zeros([BN, BD], tl.float32)
-        part_mask = (n < BN)[:, None] & (d[None, :] < D)
-        for item in range(first, last):
-            offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
-            dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
-            dv_acc += tl.load(dv_part + offs, mask=part_mask, other=0.0)
-        _add_key_rows(dk, dv, dk_acc, dv_acc, bos + k0 + n, h, d, k_ok, HKV, D, ACCUMULATE)
+    dk_acc = tl.zeros([BN, BD], tl.float32)
+    dv_acc = tl.zeros([BN, BD], tl.float32)
+    part_mask = (n < BN)[:, None] & (d[None, :] < D)
+    for item in range(first, last):
+        offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
+        dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
+        dv_acc += tl.load(dv_part + offs, mask=part_mask, other=0.0)
+    offs = (bos + k0 + n).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
+    io_mask = k_ok[:, None] & (d[None, :] < D)
+    if ACCUMULATE:
+        dk_acc += tl.load(dk + offs, mask=io_mask, other=0.0)
+        dv_acc += tl.load(dv + offs, mask=io_mask, other=0.0)
+    tl.store(dk + offs, dk_acc, mask=io_mask)
+    tl.store(dv + offs, dv_acc, mask=io_mask)
 
 
 @triton.jit
@@ -564,10 +546,9 @@ def selection_bwd(
         dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
         if NW:
             slc_bwd_kernel_block[(NW,)](
-                q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, dkv[0], dkv[1], plan["cu_seqlens"],
-                blk_seq, blk_start, sel["entries"], item_row, item_lo, item_hi, row_first, blk_seq.numel(),
-                t_lo * HKV * S, scale, scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C,
-                DQ_HALVES=dq_halves and BD >= 32, ACCUMULATE=accumulate, num_stages=num_stages,
+                q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
+                sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32, num_stages=num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
         if blk_seq.numel():
