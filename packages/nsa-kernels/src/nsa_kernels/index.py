@@ -127,70 +127,68 @@ def tile_union(block_indices: Tensor, tile_start: Tensor, cu_seqlens: Tensor, ti
     return offsets.to(torch.int32), idx[keep].to(torch.int32)
 
 
-def _stable_sort_rows(key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-    """Stable sort of row ids in ``[0, rows]`` in the narrowest integer type: a radix sort's passes follow its width."""
+def _sorted_selection_rows(
+    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, nb: int, lens: list[int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """CSR row ``h·NB + b`` of every selection (``HKV·NB`` for empty slots), stably sorted: ``(row int64, order)``.
+
+    The sort runs on the narrowest integer type that holds the rows: a radix sort's passes follow its width.
+    """
+    N, HKV, _S = block_indices.shape
+    seq, _ = positions(cu_seqlens, N)
+    _, _, offset = block_table(cu_seqlens, select_block, lens)
+    idx = block_indices.long()
+    rows = HKV * nb
+    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
+    key = torch.where(idx >= 0, key, rows).flatten()
     narrow = torch.int16 if rows < 2**15 else torch.int32 if rows < 2**31 else torch.int64
     key, order = torch.sort(key.to(narrow), stable=True)
     return key.long(), order
 
 
-def reverse_index(
-    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, entries: bool = False
-) -> tuple[Tensor, Tensor]:
+def reverse_index(block_indices: Tensor, cu_seqlens: Tensor, select_block: int) -> tuple[Tensor, Tensor]:
     """CSR of the tokens that selected each (KV head, selection block), tokens ascending.
 
     Built with one stable sort of the ``N·HKV·S`` (head, global block) keys, i.e. a counting sort.
 
     Returns:
         ``(offsets int32 [HKV·NB + 1], tokens int32 [nnz])``; row ``h·NB + b`` lists the tokens
-        whose KV head ``h`` selected global block ``b``. With ``entries`` the list holds the flat
-        position ``(t·HKV + h)·S + slot`` of each selection in ``block_indices`` instead of ``t``.
+        whose KV head ``h`` selected global block ``b``.
     """
-    N, HKV, S = block_indices.shape
-    seq, _ = positions(cu_seqlens, N)
-    _, _, offset = block_table(cu_seqlens, select_block)
+    _N, HKV, S = block_indices.shape
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     nb = int(((lens + select_block - 1) // select_block).sum())
-    idx = block_indices.long()
-    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
-    key = torch.where(idx >= 0, key, HKV * nb).flatten()
-    token = torch.arange(N, device=idx.device).view(N, 1, 1).expand(N, HKV, S).flatten()
-    key, order = _stable_sort_rows(key, HKV * nb)
+    key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, nb)
     counts = torch.bincount(key, minlength=HKV * nb + 1)[: HKV * nb]
-    offsets = torch.zeros(HKV * nb + 1, device=idx.device, dtype=torch.int64)
+    offsets = torch.zeros(HKV * nb + 1, device=key.device, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
     nnz = int(offsets[-1])
-    if entries:
-        return offsets.to(torch.int32), order[:nnz].to(torch.int32)
-    return offsets.to(torch.int32), token[order][:nnz].to(torch.int32)
+    return offsets.to(torch.int32), (order[:nnz] // (HKV * S)).to(torch.int32)
+
+
+def selection_csr_size(N: int, HKV: int, select_block: int, lens: list[int]) -> tuple[int, int]:
+    """``(big, rows)`` of the block-outer CSR: its row keys are ``row · big + token`` over ``rows`` CSR rows."""
+    return max(N, 1), HKV * tile_count(lens, select_block)
 
 
 def selection_csr(
     block_indices: Tensor, cu_seqlens: Tensor, select_block: int, lens: list[int]
-) -> tuple[Tensor, Tensor, Tensor, int, int]:
+) -> tuple[Tensor, Tensor, int, int]:
     """CSR of the selections per (KV head, global block) without a device sync; the block-outer plan.
 
-    Same order as :func:`reverse_index` with ``entries`` (one stable sort), but row offsets come from a
-    binary search on the sorted keys and the entry list keeps its full length ``N·HKV·S`` (empty slots sort
-    past the last row and are never inside a row's range).
+    Same order as :func:`reverse_index` (one stable sort), but the entry list keeps its full length ``N·HKV·S``
+    (empty slots sort past the last row and are never inside a row's range) and holds the flat position
+    ``(t·HKV + h)·S + slot`` of each selection; rows are bounded by binary search on the row keys.
 
     Returns:
-        ``(offsets int32 [rows + 1], entries int32 [N·HKV·S], row_key int64, big, rows)``: ``row_key`` is
-        ``row · big + token`` per entry, ascending, so ``searchsorted(row_key, r · big + t)`` bounds the
-        entries of tokens ``< t`` in row ``r``.
+        ``(entries int32 [N·HKV·S], row_key int64, big, rows)``: ``row_key`` is ``row · big + token`` per entry,
+        ascending, so ``searchsorted(row_key, r · big + t)`` bounds the entries of tokens ``< t`` in row ``r``
+        (:func:`selection_csr_size`).
     """
     N, HKV, S = block_indices.shape
-    seq, _ = positions(cu_seqlens, N)
-    _, _, offset = block_table(cu_seqlens, select_block, lens)
-    nb = tile_count(lens, select_block)
-    rows = HKV * nb
-    idx = block_indices.long()
-    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
-    key = torch.where(idx >= 0, key, rows).flatten()
-    key, order = _stable_sort_rows(key, rows)
-    offsets = torch.searchsorted(key, torch.arange(rows + 1, device=idx.device))
-    big = max(N, 1)
-    return offsets.to(torch.int32), order.to(torch.int32), key * big + order // (HKV * S), big, rows
+    big, rows = selection_csr_size(N, HKV, select_block, lens)
+    key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, rows // HKV, lens)
+    return order.to(torch.int32), key * big + order // (HKV * S), big, rows
 
 
 def work_chunks(

@@ -37,7 +37,7 @@ from nsa_kernels.index import (
 )
 from nsa_kernels.pool import pool_bwd, pool_fwd
 from nsa_kernels.selection import selection_bwd, selection_fwd, selection_plan
-from nsa_kernels.topk import select_fwd
+from nsa_kernels.topk import CHUNK_ELEMS, select_fwd
 
 BRANCHES = ("cmp", "slc", "swd")
 GEOMETRY_KEYS = (
@@ -71,7 +71,7 @@ TUNING = {
         "num_stages": 3,
         "block_n": 64,
         "select_warps": 0,
-        "chunk_elems": 2**27,
+        "chunk_elems": CHUNK_ELEMS,
     },
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }

@@ -3,7 +3,7 @@
 The tile-outer kernels of :mod:`nsa_kernels.attention` gather the K/V of every block a query tile
 selected; on inputs whose neighbouring tokens share few blocks that is ~1 MB of K/V per (token, KV head).
 Here a program owns one work item: a (KV head, selection block) and a slice of the CSR list of the
-selections of that block (:func:`nsa_kernels.index.reverse_index` with ``entries``), and visits its
+selections of that block (:func:`nsa_kernels.index.selection_csr`), and visits its
 query rows TT tokens × G heads at a time, so only ~G·D query elements move per selection.
 
 Forward: every selection ``e = (t·HKV + h)·S + slot`` gets a partial output (softmax over the block
@@ -32,7 +32,7 @@ from nsa_kernels.attention import (
     _load_rows,
     launch_options,
 )
-from nsa_kernels.index import selection_csr, tile_count, work_chunks
+from nsa_kernels.index import selection_csr, selection_csr_size, work_chunks
 
 
 @triton.jit
@@ -403,10 +403,9 @@ def selection_plan(
     backward), so the sort is not run again.
     """
     if csr is None:
-        _, ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
+        ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
     else:
-        (ent, key), big = csr, max(block_indices.shape[0], 1)
-        rows = block_indices.shape[1] * tile_count(plan["lens"], select_block)
+        (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, plan["lens"])
     return {"entries": ent, "key": key, "big": big, "rows": rows, "block_indices": block_indices}
 
 

@@ -21,34 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import _cmp_full_keys, _load_keys, _load_rows, _token_tile
+from nsa_kernels.attention import _load_keys, _load_rows, _token_tile
 from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
 
-CHUNK_ELEMS = 2**25
+CHUNK_ELEMS = 2**27
 """Default largest number of (token, KV head, block) scores held at once (``select_fwd(chunk_elems=...)``)."""
-
-
-@triton.jit
-def _scores_step(qt, k_cmp, pos, ok, mask, d, h, lse2, head_sum, scores, out_rows, out_ok, i, scale2,
-                 HKV: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, TTP: tl.constexpr, GP: tl.constexpr,
-                 G: tl.constexpr):  # fmt: skip
-    # token scores of one step of compressed keys; ok / mask None: every key is there and every row sees it (rows
-    # without keys have lse2 = +inf, so p = 0 there)
-    if ok is None:
-        kt = tl.load(k_cmp + pos.to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :], mask=d[None, :] < D, other=0.0)
-    else:
-        kt = _load_keys(k_cmp, pos, d, ok, h, HKV, D)
-    p = tl.exp2(tl.dot(qt, tl.trans(kt)) * scale2 - lse2[:, None])
-    if mask is not None:
-        p = tl.where(mask, p, 0.0)
-    if GP == G:  # noqa: SIM108
-        token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
-    else:
-        token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
-    if ok is None:
-        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None])
-    else:
-        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -97,15 +74,18 @@ def topk_fwd_kernel_scores(
     out_ok = (tt < TT) & (t_out < eos)
     out_rows = (t_out - t_base).to(tl.int64) * (HKV * NCP) + h * NCP
     nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-    for start in range(0, _cmp_full_keys(t0 - bos, CL, CS, BN), BN):
-        _scores_step(qt, k_cmp, kbos + start + cols, None, None, d, h, lse2, head_sum, scores, out_rows, out_ok,
-                     start + cols, scale2, HKV, D, BN, TTP, GP, G)  # fmt: skip
-    for start in range(_cmp_full_keys(t0 - bos, CL, CS, BN), nk, BN):
+    for start in range(0, nk, BN):
         i = start + cols
         ok = i < nk
+        kt = _load_keys(k_cmp, kbos + i, d, ok, h, HKV, D)
+        s = tl.dot(qt, tl.trans(kt)) * scale2
         mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
-        _scores_step(qt, k_cmp, kbos + i, ok, mask, d, h, lse2, head_sum, scores, out_rows, out_ok, i, scale2, HKV, D,
-                     BN, TTP, GP, G)  # fmt: skip
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        if GP == G:  # noqa: SIM108
+            token_p = tl.dot(head_sum, p, input_precision="ieee")  # [TTP, BN]
+        else:
+            token_p = tl.sum(tl.reshape(p, (TTP, GP, BN)), 1)
+        tl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=out_ok[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -258,8 +238,8 @@ def select_fwd(
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
     can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages``
-    its launch. Tokens run in chunks whose
-    scores hold at most ``chunk_elems`` elements (a scores launch and a selection launch per chunk).
+    its launch. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
+    selection launch per chunk).
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
