@@ -235,17 +235,26 @@ def test_triton_backend_is_registered():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "bwd_item", "dq_fp32", "halves"),
-    [("block", 5, 10, True, False), ("block", 7, 3, False, True), ("tile", 288, 1152, True, True)],
+    ("algo", "fwd_item", "bwd_item", "range_tokens", "dq_fp32", "halves", "prefetch"),
+    [
+        ("block", 5, 10, 17, True, False, True),
+        ("block", 7, 3, 17, False, True, False),
+        ("block", 40, 1152, 120, False, True, True),
+        ("tile", 288, 1152, 17, True, True, False),
+    ],
 )
-def test_selection_algorithms_and_work_items(algo, fwd_item, bwd_item, dq_fp32, halves, monkeypatch, poison_empty):
-    """Block-outer selection split into small work items and 17-token ranges (dQ partials fp32 or bf16; partial
-    outputs and dQ whole or in D halves), and the tile-outer kernels."""
+def test_selection_algorithms_and_work_items(
+    algo, fwd_item, bwd_item, range_tokens, dq_fp32, halves, prefetch, monkeypatch, poison_empty
+):
+    """Block-outer selection split into small work items and token ranges (dQ partials fp32 or bf16; partial
+    outputs and dQ whole or in D halves; query rows prefetched by hand over work items of five steps, or by Triton's
+    pipeliner), and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
-    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * 17, "dq_partials_fp32": dq_fp32,
-            "bwd_dq_halves": halves, "fwd_o_halves": halves}  # fmt: skip
+    tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * range_tokens,
+            "dq_partials_fp32": dq_fp32, "bwd_dq_halves": halves, "fwd_o_halves": halves, "fwd_prefetch": prefetch,
+            "bwd_prefetch": prefetch}  # fmt: skip
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)

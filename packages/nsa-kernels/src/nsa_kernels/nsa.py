@@ -63,6 +63,8 @@ TUNING = {
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,
         "fwd_o_halves": True,
+        "fwd_prefetch": False,
+        "bwd_prefetch": False,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {

@@ -92,15 +92,12 @@ def _masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV: tl.constexpr, S: tl.cons
 
 @triton.jit
 def _slc_fwd_step(
-    q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base, scale2,
-    MASKED: tl.constexpr, O_HALVES: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr,
-    D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr, S: tl.constexpr,
+    qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
+    MASKED: tl.constexpr, O_HALVES: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
 ):  # fmt: skip
-    # partial outputs and LSEs of the entries base + tok (< hi) over one block; v_a, v_b: V halves or V twice.
-    # Unmasked steps: rows past hi load zeros and are not stored. The scale (> 0) goes into the exponent's FMA and
-    # P is normalised before the PV product, not the D-wide output
-    row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
-    qt = _load_rows(q, t, h * G + g, d, row_ok, HQ, D)
+    # partial outputs and LSEs of the selections e (rows row_ok, tokens t, query rows qt) over one block; v_a, v_b:
+    # V halves or V twice. Unmasked steps: rows past the item load zeros and are not stored. The scale (> 0) goes
+    # into the exponent's FMA and P is normalised before the PV product, not the D-wide output
     s = tl.dot(qt, tl.trans(kt))
     if MASKED:
         s = tl.where(row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None]), s, float("-inf"))
@@ -143,6 +140,7 @@ def slc_fwd_kernel_block(
     SB: tl.constexpr,
     S: tl.constexpr,
     O_HALVES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -161,13 +159,35 @@ def slc_fwd_kernel_block(
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
+    head = h * G + g
     split = tl.minimum(lo + tl.cdiv(_masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV, S, SB, BN), TT) * TT, hi)
     for base in range(lo, split, TT):
-        _slc_fwd_step(q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
-                      scale2, True, O_HALVES, HQ, HKV, G, D, HD, TT, S)  # fmt: skip
-    for base in range(split, hi, TT):
-        _slc_fwd_step(q, kt, v_a, v_b, o_part, lse_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
-                      scale2, False, O_HALVES, HQ, HKV, G, D, HD, TT, S)  # fmt: skip
+        row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
+        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+        _slc_fwd_step(qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
+                      True, O_HALVES, G, D, HD)  # fmt: skip
+    if PREFETCH:
+        # software pipeline by hand: the query rows of step i + 1 and the CSR entries of step i + 2 are loaded into
+        # registers while step i computes, so neither load's latency sits between two steps
+        row_ok, e, t = _entries(csr_ent, split, hi, tok, TT, HKV, S)
+        qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+        ent_next = tl.load(csr_ent + split + TT + tok, mask=(tok < TT) & (split + TT + tok < hi), other=0)
+        for base in range(split, hi, TT):
+            ent_after = tl.load(csr_ent + base + 2 * TT + tok, mask=(tok < TT) & (base + 2 * TT + tok < hi), other=0)
+            ok_next = (tok < TT) & (base + TT + tok < hi)
+            e_next = ent_next.to(tl.int64)
+            t_next = e_next // (HKV * S)
+            q_next = _load_rows(q, t_next, head, d, ok_next, HQ, D)
+            _slc_fwd_step(qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
+                          False, O_HALVES, G, D, HD)  # fmt: skip
+            row_ok, e, t, qt = ok_next, e_next, t_next, q_next
+            ent_next = ent_after
+    else:
+        for base in range(split, hi, TT):
+            row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
+            qt = _load_rows(q, t, head, d, row_ok, HQ, D)
+            _slc_fwd_step(qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
+                          False, O_HALVES, G, D, HD)  # fmt: skip
 
 
 @triton.jit
@@ -224,17 +244,19 @@ def slc_fwd_kernel_merge(
 
 
 @triton.jit
-def _slc_bwd_step(
-    q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h, e_base,
-    dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, C: tl.constexpr,
-    HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, TT: tl.constexpr,
-    S: tl.constexpr,
-):  # fmt: skip
-    # dK/dV sums and per-entry dQ partials of the entries base + tok (< hi); k_a, k_b: K halves or K twice
-    row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
-    head = h * G + g
+def _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr):
+    # what one backward step reads per row: query, gated dO, base-2 LSE, delta
     qt = _load_rows(q, t, head, d, row_ok, HQ, D)
     dot, lse2, delta_row = _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+    return qt, dot, lse2, delta_row
+
+
+@triton.jit
+def _slc_bwd_step(
+    qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+    dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
+):  # fmt: skip
+    # dK/dV sums and per-entry dQ partials of the selections e (rows row_ok, tokens t); k_a, k_b: K halves or K twice
     mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
     dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
     _store_product(dq_part, (e - e_base) * G + g, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
@@ -275,6 +297,7 @@ def slc_bwd_kernel_block(
     S: tl.constexpr,
     C: tl.constexpr,
     DQ_HALVES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -297,11 +320,34 @@ def slc_bwd_kernel_block(
     r = tl.arange(0, BM)
     tok = r // G
     g = r % G
-    for base in range(lo, hi, TT):
-        dk_acc, dv_acc = _slc_bwd_step(
-            q, do, gates, lse, delta, kt, vt, k_a, k_b, dq_part, csr_ent, base, hi, tok, g, d, dh, kpos, k_ok, bos, h,
-            e_base, dk_acc, dv_acc, scale, scale2, DQ_HALVES, C, HQ, HKV, G, D, HD, TT, S,
-        )  # fmt: skip
+    head = h * G + g
+    if PREFETCH:
+        # software pipeline by hand, as in the forward: rows of step i + 1 and entries of step i + 2 load during step i
+        row_ok, e, t = _entries(csr_ent, lo, hi, tok, TT, HKV, S)
+        qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+        ent_next = tl.load(csr_ent + lo + TT + tok, mask=(tok < TT) & (lo + TT + tok < hi), other=0)
+        for base in range(lo, hi, TT):
+            ent_after = tl.load(csr_ent + base + 2 * TT + tok, mask=(tok < TT) & (base + 2 * TT + tok < hi), other=0)
+            ok_next = (tok < TT) & (base + TT + tok < hi)
+            e_next = ent_next.to(tl.int64)
+            t_next = e_next // (HKV * S)
+            q_next, do_next, lse_next, delta_next = _slc_bwd_rows(
+                q, do, gates, lse, delta, t_next, head, d, ok_next, C, HQ, D
+            )
+            dk_acc, dv_acc = _slc_bwd_step(
+                qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+                dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
+            )  # fmt: skip
+            row_ok, e, t, qt, dot, lse2, delta_row = ok_next, e_next, t_next, q_next, do_next, lse_next, delta_next
+            ent_next = ent_after
+    else:
+        for base in range(lo, hi, TT):
+            row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
+            qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+            dk_acc, dv_acc = _slc_bwd_step(
+                qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+                dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
+            )  # fmt: skip
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
@@ -448,6 +494,7 @@ def selection_fwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     o_halves: bool = False,
+    prefetch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -475,7 +522,8 @@ def selection_fwd(
             slc_fwd_kernel_block[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
-                BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32, num_stages=num_stages,
+                BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32,
+                PREFETCH=prefetch, num_stages=1 if prefetch else num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
         slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
@@ -512,6 +560,7 @@ def selection_bwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     dq_halves: bool = False,
+    prefetch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -547,7 +596,8 @@ def selection_bwd(
             slc_bwd_kernel_block[(NW,)](
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32, num_stages=num_stages,
+                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32,
+                PREFETCH=prefetch, num_stages=1 if prefetch else num_stages,
                 **launch_options(maxnreg), **common,
             )  # fmt: skip
         if blk_seq.numel():
