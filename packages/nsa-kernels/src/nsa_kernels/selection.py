@@ -297,7 +297,6 @@ def slc_bwd_kernel_block(
     S: tl.constexpr,
     C: tl.constexpr,
     DQ_HALVES: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -321,33 +320,13 @@ def slc_bwd_kernel_block(
     tok = r // G
     g = r % G
     head = h * G + g
-    if PREFETCH:
-        # software pipeline by hand, as in the forward: rows of step i + 1 and entries of step i + 2 load during step i
-        row_ok, e, t = _entries(csr_ent, lo, hi, tok, TT, HKV, S)
+    for base in range(lo, hi, TT):
+        row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
         qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        ent_next = tl.load(csr_ent + lo + TT + tok, mask=(tok < TT) & (lo + TT + tok < hi), other=0)
-        for base in range(lo, hi, TT):
-            ent_after = tl.load(csr_ent + base + 2 * TT + tok, mask=(tok < TT) & (base + 2 * TT + tok < hi), other=0)
-            ok_next = (tok < TT) & (base + TT + tok < hi)
-            e_next = ent_next.to(tl.int64)
-            t_next = e_next // (HKV * S)
-            q_next, do_next, lse_next, delta_next = _slc_bwd_rows(
-                q, do, gates, lse, delta, t_next, head, d, ok_next, C, HQ, D
-            )
-            dk_acc, dv_acc = _slc_bwd_step(
-                qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
-                dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
-            )  # fmt: skip
-            row_ok, e, t, qt, dot, lse2, delta_row = ok_next, e_next, t_next, q_next, do_next, lse_next, delta_next
-            ent_next = ent_after
-    else:
-        for base in range(lo, hi, TT):
-            row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
-            qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-            dk_acc, dv_acc = _slc_bwd_step(
-                qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
-                dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
-            )  # fmt: skip
+        dk_acc, dv_acc = _slc_bwd_step(
+            qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+            dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
+        )  # fmt: skip
     offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
@@ -501,7 +480,9 @@ def selection_fwd(
     Tokens run in ranges whose partial outputs hold at most ``partial_elems`` elements; ``item`` is the
     number of CSR entries per work item; ``maxnreg`` caps the registers of the block kernel; the merge
     runs ``merge_block_m`` rows (tokens × G heads) per program on ``merge_warps`` warps. ``o_halves``: each
-    step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32).
+    step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32). ``prefetch``:
+    the query rows of the next step load into registers while a step computes (one pipeline stage, so
+    ``num_stages`` is ignored); Triton's own pipelining of this indirect gather issues it only after the step.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -523,8 +504,7 @@ def selection_fwd(
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
                 BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32,
-                PREFETCH=prefetch, num_stages=1 if prefetch else num_stages,
-                **launch_options(maxnreg), **common,
+                PREFETCH=prefetch, num_stages=1 if prefetch else num_stages, **launch_options(maxnreg), **common,
             )  # fmt: skip
         slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
             o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **merge
@@ -560,7 +540,6 @@ def selection_bwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     dq_halves: bool = False,
-    prefetch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -597,8 +576,7 @@ def selection_bwd(
                 q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                 sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
                 HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32,
-                PREFETCH=prefetch, num_stages=1 if prefetch else num_stages,
-                **launch_options(maxnreg), **common,
+                num_stages=num_stages, **launch_options(maxnreg), **common,
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
