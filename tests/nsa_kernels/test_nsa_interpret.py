@@ -359,26 +359,20 @@ def test_backward_reuses_the_forward_selection_csr(monkeypatch):
     assert (reused["rows"], reused["big"]) == (fresh["rows"], fresh["big"]) == (2 * (3 + 6), 120)
 
 
-@pytest.mark.parametrize(
-    ("setting", "T", "block", "cu"),
-    [({"chunk_elems": 1}, 120, 16, [0, 37, 37, 120]), ({"prefetch": True}, 200, 8, [0, 7, 200])],
-)
-def test_top_n_settings_choose_the_same_blocks_and_scores(setting, T, block, cu, monkeypatch):
-    """Importance and top-n chunk by chunk of tokens (one tile per chunk, varlen with an empty sequence), or with
-    the key tiles prefetched by hand (four 16-key steps), choose the same blocks with the same scores as the
-    defaults."""
+def test_top_n_in_token_chunks_equals_one_chunk(monkeypatch):
+    """Importance and top-n run chunk by chunk of tokens (one tile per chunk here, varlen with an empty sequence)
+    and choose the same blocks, with the same scores, as in one chunk."""
     from nsa_kernels import nsa
 
-    monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], "block_n": 16})
-    config = small_config(num_selected=4, window=33, compress_block=block, compress_stride=block, select_block=block)
-    cu_seqlens = torch.tensor(cu, dtype=torch.int32)
-    q, k, v, g = make_inputs(1, T, 2, 7, 32, torch.bfloat16)
+    config = small_config(num_selected=4, window=33)
+    cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
     with torch.no_grad():
         _, whole = _run(q, k, v, g, config, cu_seqlens)
-        monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], **setting})
-        _, changed = _run(q, k, v, g, config, cu_seqlens)
-    assert torch.equal(changed.block_indices, whole.block_indices)
-    assert torch.equal(changed.block_scores, whole.block_scores)
+        monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], "chunk_elems": 1})
+        _, chunked = _run(q, k, v, g, config, cu_seqlens)
+    assert torch.equal(chunked.block_indices, whole.block_indices)
+    assert torch.equal(chunked.block_scores, whole.block_scores)
 
 
 def test_plans_are_reused_across_calls_of_one_layout(monkeypatch):

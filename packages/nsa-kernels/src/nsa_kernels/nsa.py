@@ -57,7 +57,7 @@ TUNING = {
         "fwd_num_stages": 2,
         "merge_block_m": 32,
         "merge_warps": 1,
-        "fwd_item": 288,
+        "fwd_item": 576,
         "bwd_item": 1152,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
@@ -73,7 +73,6 @@ TUNING = {
         "block_n": 64,
         "select_warps": 0,
         "chunk_elems": CHUNK_ELEMS,
-        "prefetch": False,
     },
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
@@ -84,8 +83,8 @@ TUNING = {
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
 override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
-D/2-wide halves (fewer live registers); ``fwd_prefetch`` / ``topk.prefetch`` load the next step's query rows / key tile
-into registers during the current step. ``pregate``: the combine backward writes the gated dO of a branch once (not
+D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the
+current step. ``pregate``: the combine backward writes the gated dO of a branch once (not
 per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """

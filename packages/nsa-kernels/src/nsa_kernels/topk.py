@@ -53,7 +53,6 @@ def topk_fwd_kernel_scores(
     CL: tl.constexpr,
     CS: tl.constexpr,
     GP: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     # GP = G: rows token·G + head, head sum by an fp32 MMA; GP = next power of two of G: rows token·GP + head
     # (GP - G rows masked) and the head sum is a reshape + sum
@@ -75,17 +74,10 @@ def topk_fwd_kernel_scores(
     out_ok = (tt < TT) & (t_out < eos)
     out_rows = (t_out - t_base).to(tl.int64) * (HKV * NCP) + h * NCP
     nk = tl.maximum((t_last + 1 - CL + CS) // CS, 0)
-    if PREFETCH:
-        kt_next = _load_keys(k_cmp, kbos + cols, d, cols < nk, h, HKV, D)
     for start in range(0, nk, BN):
         i = start + cols
         ok = i < nk
-        if PREFETCH:
-            # the next key tile loads into registers while this one computes
-            kt = kt_next
-            kt_next = _load_keys(k_cmp, kbos + i + BN, d, i + BN < nk, h, HKV, D)
-        else:
-            kt = _load_keys(k_cmp, kbos + i, d, ok, h, HKV, D)
+        kt = _load_keys(k_cmp, kbos + i, d, ok, h, HKV, D)
         s = tl.dot(qt, tl.trans(kt)) * scale2
         mask = row_ok[:, None] & ok[None, :] & (i[None, :] * CS + CL - 1 <= t_rel[:, None])
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
@@ -239,7 +231,6 @@ def select_fwd(
     select_warps: int = 4,
     block_n: int = 64,
     chunk_elems: int = CHUNK_ELEMS,
-    prefetch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
@@ -247,8 +238,7 @@ def select_fwd(
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
     can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages``
-    its launch (``prefetch``: each key tile is loaded into registers during the step before, one pipeline stage).
-    Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
+    its launch. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
     selection launch per chunk).
     """
     N, HQ, D = q.shape
@@ -289,8 +279,8 @@ def select_fwd(
         topk_fwd_kernel_scores[(hi - lo, HKV)](
             q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
             HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
-            TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, PREFETCH=prefetch,
-            num_warps=num_warps, num_stages=1 if prefetch else num_stages,
+            TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
+            num_stages=num_stages,
         )  # fmt: skip
         visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
         select["num_warps"] = select_warps or max(1, min(4, triton.next_power_of_2(visible) // 512))
