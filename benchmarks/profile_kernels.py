@@ -3,13 +3,18 @@
 For each T at the VideoNSA shape of ``attention.py`` (random input, all branches + gates), profiles
 ``--iters`` calls after a warm-up and prints, per phase, the kernels sorted by GPU time per call, their
 launch count per call, the summed kernel time and the wall time per call (their gap is host overhead
-or idle GPU). Run: ``python benchmarks/profile_kernels.py --seqlens 8192 131072 --json out.json``.
+or idle GPU), and the host time per call: how long the Python side takes to enqueue one call on an idle GPU
+(``--host-top`` also lists the functions that take it). Run:
+``python benchmarks/profile_kernels.py --seqlens 8192 131072 --json out.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import sys
 import time
 from collections import defaultdict
@@ -39,6 +44,27 @@ def kernel_times(fn, iters: int) -> dict:
             count[event.name] += 1
     rows = sorted(((name, ms / iters, count[name] / iters) for name, ms in total.items()), key=lambda r: -r[1])
     return {"kernels": rows, "kernel_ms": sum(r[1] for r in rows), "wall_ms": wall}
+
+
+def host_time(fn, iters: int, top: int) -> tuple[float, str]:
+    """Host ms per call to enqueue ``iters`` calls after the GPU has drained (few enough that the launch queue holds them,
+    so the host never waits for the GPU), and the ``top`` functions by own host time (empty when ``top`` is 0)."""
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile() if top else None
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for _ in range(iters):
+        fn()
+    if profiler:
+        profiler.disable()
+    host = (time.perf_counter() - start) * 1e3 / iters
+    torch.cuda.synchronize()
+    if not profiler:
+        return host, ""
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return host, text.getvalue()
 
 
 def compiled_kernels() -> list[dict]:
@@ -80,14 +106,18 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 131072])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--host-top", type=int, default=0, help="list this many functions by own host time")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "runs": []}
     for T in args.seqlens:
         for phase, fn in calls(T).items():
             res = kernel_times(fn, args.iters)
+            res["host_ms"], listing = host_time(fn, 3, args.host_top)
             results["runs"].append({"T": T, "phase": phase, **res})
-            print(f"\nT={T} {phase}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms per call")
+            print(f"\nT={T} {phase}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
+                  f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
+            print(listing)
             for name, ms, launches in res["kernels"][: args.top]:
                 print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
         torch.cuda.empty_cache()

@@ -395,3 +395,35 @@ def test_plans_are_reused_across_calls_of_one_layout(monkeypatch):
     assert len(built) == 3 and len(nsa._plan_cache) == 2
     nsa._Plans(cu, [37, 0, 83], 14, 2, geometry)(64)
     assert len(built) == 4
+
+
+def test_tables_of_a_layout_are_built_once(monkeypatch):
+    """The tables that depend on the sequence lengths alone (tiles, positions, block offsets, pooled-key positions)
+    are built on the first call of a layout and reused by the next forward and backward, which give the same result.
+    """
+    from nsa_kernels import index, nsa, pool, selection, topk
+
+    monkeypatch.setattr(nsa, "_plan_cache", nsa.OrderedDict())
+    calls = []
+
+    def counting(module, name):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, **kw: calls.append(name) or original(*args, **kw))
+
+    for module, name in [(index, "positions"), (index, "tile_table"), (pool, "positions"), (pool, "tile_table"),
+                         (topk, "positions"), (topk, "tile_table"), (selection, "token_block_offsets")]:  # fmt: skip
+        counting(module, name)
+    config = small_config(num_selected=4, window=33)
+    cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    results, built = [], []
+    for _ in range(2):
+        calls.clear()
+        o, _ = _run(q, k, v, g, config, cu_seqlens)
+        o.float().square().sum().backward()
+        results.append((o.detach(), *(x.grad.clone() for x in (q, k, v, g))))
+        for x in (q, k, v, g):
+            x.grad = None
+        built.append(sorted(set(calls)))
+    assert built[0] == ["positions", "tile_table", "token_block_offsets"] and built[1] == []
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))

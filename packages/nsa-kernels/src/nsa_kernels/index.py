@@ -11,9 +11,13 @@ Shape legend:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+Table = TypeVar("Table")
 
 _BIG = 2**30
 
@@ -24,6 +28,16 @@ def host_lengths(cu_seqlens: Tensor | None, batch: int, seqlen: int) -> list[int
         return [seqlen] * batch
     cu = cu_seqlens.tolist()
     return [b - a for a, b in itertools.pairwise(cu)]
+
+
+def cached(memo: dict | None, key: tuple, build: Callable[[], Table]) -> Table:
+    """``build()``, kept in ``memo`` under ``key``: the tables of a plan that depend on the sequence lengths alone are
+    built on the first call of a layout and reused (``memo`` is the plan's, see ``nsa._Plans``); no memo, no reuse."""
+    if memo is None:
+        return build()
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
 
 
 def tile_count(lens: list[int], size: int) -> int:
@@ -127,19 +141,31 @@ def tile_union(block_indices: Tensor, tile_start: Tensor, cu_seqlens: Tensor, ti
     return offsets.to(torch.int32), idx[keep].to(torch.int32)
 
 
+def token_block_offsets(cu_seqlens: Tensor, select_block: int, n_tokens: int, lens: list[int] | None = None) -> Tensor:
+    """Global id of block 0 of each packed token's sequence, int64 ``[N]``."""
+    seq, _ = positions(cu_seqlens, n_tokens)
+    return block_table(cu_seqlens, select_block, lens)[2][seq]
+
+
 def _sorted_selection_rows(
-    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, nb: int, lens: list[int] | None = None
+    block_indices: Tensor,
+    cu_seqlens: Tensor,
+    select_block: int,
+    nb: int,
+    lens: list[int] | None = None,
+    token_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CSR row ``h·NB + b`` of every selection (``HKV·NB`` for empty slots), stably sorted: ``(row int64, order)``.
 
     The sort runs on the narrowest integer type that holds the rows: a radix sort's passes follow its width.
+    ``token_offset``: :func:`token_block_offsets`, if already built.
     """
     N, HKV, _S = block_indices.shape
-    seq, _ = positions(cu_seqlens, N)
-    _, _, offset = block_table(cu_seqlens, select_block, lens)
+    if token_offset is None:
+        token_offset = token_block_offsets(cu_seqlens, select_block, N, lens)
     idx = block_indices.long()
     rows = HKV * nb
-    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + offset[seq].view(N, 1, 1) + idx
+    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + token_offset.view(N, 1, 1) + idx
     key = torch.where(idx >= 0, key, rows).flatten()
     narrow = torch.int16 if rows < 2**15 else torch.int32 if rows < 2**31 else torch.int64
     key, order = torch.sort(key.to(narrow), stable=True)
@@ -172,7 +198,7 @@ def selection_csr_size(N: int, HKV: int, select_block: int, lens: list[int]) -> 
 
 
 def selection_csr(
-    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, lens: list[int]
+    block_indices: Tensor, cu_seqlens: Tensor, select_block: int, lens: list[int], token_offset: Tensor | None = None
 ) -> tuple[Tensor, Tensor, int, int]:
     """CSR of the selections per (KV head, global block) without a device sync; the block-outer plan.
 
@@ -183,11 +209,11 @@ def selection_csr(
     Returns:
         ``(entries int32 [N·HKV·S], row_key int64, big, rows)``: ``row_key`` is ``row · big + token`` per entry,
         ascending, so ``searchsorted(row_key, r · big + t)`` bounds the entries of tokens ``< t`` in row ``r``
-        (:func:`selection_csr_size`).
+        (:func:`selection_csr_size`). ``token_offset`` as in :func:`_sorted_selection_rows`.
     """
     N, HKV, S = block_indices.shape
     big, rows = selection_csr_size(N, HKV, select_block, lens)
-    key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, rows // HKV, lens)
+    key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, rows // HKV, lens, token_offset)
     return order.to(torch.int32), key * big + order // (HKV * S), big, rows
 
 

@@ -148,6 +148,7 @@ def _plan(cu: Tensor, HQ: int, HKV: int, geometry: dict, block_m: int, lens: lis
         "key_tiles": block_table(cu, 64, lens)[:2],
         "slc_blocks": block_table(cu, SB, lens)[:2],
         "max_blocks": math.ceil(longest / SB),
+        "memo": {},
     }
 
 
@@ -226,6 +227,7 @@ def nsa_fwd(
             compress_block=geometry["compress_block"],
             compress_stride=geometry["compress_stride"],
             cmp_lens=plan["cmp_lens"],
+            memo=plan["memo"],
         )
         o_cmp, lse_cmp = branch_fwd(
             q, k_cmp, v_cmp, mode=CMP, plan=plan, scale=scale, geometry=geometry, **TUNING["cmp"]
@@ -337,11 +339,11 @@ def nsa_bwd(
     if "cmp" in branches:
         plan = plans(TUNING["cmp"]["block_m"])
         pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
-        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], **pool)
+        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], memo=plan["memo"], **pool)
         dk_cmp, dv_cmp = branch_grad(
             "cmp", CMP, k_cmp, v_cmp, plan, accumulate_dq=accumulate, cmp_dkv=TUNING["cmp_dkv"]
         )
-        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, **pool)
+        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
     dtype = q.dtype
     return (
         dq_final.reshape(shape_q),

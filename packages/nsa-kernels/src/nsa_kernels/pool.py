@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.index import positions, tile_table
+from nsa_kernels.index import cached, positions, tile_table
 
 
 @triton.jit
@@ -103,19 +103,26 @@ def pool_fwd(
     compress_block: int,
     compress_stride: int,
     cmp_lens: list[int] | None = None,
+    memo: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compressed keys and values ``[NC, HKV, D]`` of packed ``k``/``v`` ``[N, HKV, D]``.
 
-    ``cmp_lens``: host compressed lengths per sequence (no device sync), else read from ``cu_keys``.
+    ``cmp_lens``: host compressed lengths per sequence (no device sync), else read from ``cu_keys``; ``memo``:
+    a plan's table cache (:func:`~nsa_kernels.index.cached`).
     """
     _N, HKV, D = k.shape
-    seq, rel = positions(cu_keys, int(cu_keys[-1]) if cmp_lens is None else sum(cmp_lens))
+
+    def key_positions():
+        seq, rel = positions(cu_keys, int(cu_keys[-1]) if cmp_lens is None else sum(cmp_lens))
+        return seq.to(torch.int32), rel.to(torch.int32)
+
+    seq, rel = cached(memo if cmp_lens is not None else None, ("compressed_positions",), key_positions)
     NC = seq.numel()
     k_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
     v_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
     if NC:
         pool_fwd_kernel_mean[(NC, HKV)](
-            k, v, k_cmp, v_cmp, seq.to(torch.int32), rel.to(torch.int32), cu_seqlens,
+            k, v, k_cmp, v_cmp, seq, rel, cu_seqlens,
             HKV=HKV, D=D, BD=max(triton.next_power_of_2(D), 16), CL=compress_block,
             BL=triton.next_power_of_2(compress_block), CS=compress_stride,
         )  # fmt: skip
@@ -133,17 +140,20 @@ def pool_bwd(
     compress_block: int,
     compress_stride: int,
     lens: list[int] | None = None,
+    memo: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spread ``dk_cmp``/``dv_cmp`` back onto the tokens; adds into ``dkv`` (fp32 ``[N, HKV, D]``) if given.
 
-    ``lens``: host sequence lengths (no device sync).
+    ``lens``: host sequence lengths (no device sync); ``memo`` as in :func:`pool_fwd`.
     """
     _NC, HKV, D = dk_cmp.shape
     BT = 64
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(n_tokens, HKV, D, device=dk_cmp.device, dtype=torch.float32) for _ in range(2))
-    tile_seq, tile_start = tile_table(cu_seqlens, BT, lens)
+    tile_seq, tile_start = cached(
+        memo if lens is not None else None, ("tiles", BT), lambda: tile_table(cu_seqlens, BT, lens)
+    )
     if tile_seq.numel():
         pool_bwd_kernel_mean[(tile_seq.numel(), HKV)](
             dk_cmp, dv_cmp, dkv[0], dkv[1], cu_seqlens, cu_keys, tile_seq, tile_start,

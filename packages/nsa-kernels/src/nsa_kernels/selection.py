@@ -32,7 +32,7 @@ from nsa_kernels.attention import (
     _load_rows,
     launch_options,
 )
-from nsa_kernels.index import selection_csr, selection_csr_size, work_chunks
+from nsa_kernels.index import cached, selection_csr, selection_csr_size, token_block_offsets, work_chunks
 
 
 @triton.jit
@@ -427,11 +427,17 @@ def selection_plan(
     ``csr``: the ``(entries, key)`` of an earlier plan of the same indices (the forward's, reused by the
     backward), so the sort is not run again.
     """
+    cu, lens, memo = plan["cu_seqlens"], plan["lens"], plan.get("memo")
+    N = block_indices.shape[0]
     if csr is None:
-        ent, key, big, rows = selection_csr(block_indices, plan["cu_seqlens"], select_block, plan["lens"])
+        offsets = cached(
+            memo, ("token_block_offsets", select_block), lambda: token_block_offsets(cu, select_block, N, lens)
+        )
+        ent, key, big, rows = selection_csr(block_indices, cu, select_block, lens, offsets)
     else:
-        (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, plan["lens"])
-    return {"entries": ent, "key": key, "big": big, "rows": rows, "block_indices": block_indices}
+        (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, lens)
+    base = cached(memo, ("csr_row_base", select_block), lambda: torch.arange(rows, device=key.device) * big)
+    return {"entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices}
 
 
 def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int):
@@ -442,7 +448,7 @@ def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, i
     """
     step = max(1, partial_elems // per_token_elems)
     _, HKV, S = sel["block_indices"].shape
-    base = torch.arange(sel["rows"], device=sel["key"].device, dtype=torch.int64) * sel["big"]
+    base = sel["row_base"]
     for t_lo in range(0, N, step):
         t_hi = min(t_lo + step, N)
         lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from nsa_kernels.attention import _load_keys, _load_rows, _token_tile
-from nsa_kernels.index import longest_prefix, positions, tile_first_token, tile_table
+from nsa_kernels.index import cached, longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**27
 """Default largest number of (token, KV head, block) scores held at once (``select_fwd(chunk_elems=...)``)."""
@@ -250,7 +250,8 @@ def select_fwd(
     cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
     lens = plan["lens"]
     tile_tt = TT if pad_heads else plan["tokens_per_tile"]
-    tile_seq, tile_start = tile_table(cu, TT, lens) if pad_heads else plan["tiles"]
+    memo = plan.get("memo")
+    tile_seq, tile_start = cached(memo, ("tiles", TT), lambda: tile_table(cu, TT, lens)) if pad_heads else plan["tiles"]
     n_cmp = max(plan["cmp_lens"], default=0)
     n_sel = plan["max_blocks"]
     SB, CL, CS = geometry["select_block"], geometry["compress_block"], geometry["compress_stride"]
@@ -261,7 +262,7 @@ def select_fwd(
         if identity
         else overlap_weights(ncp, n_sel, compress_block=CL, compress_stride=CS, select_block=SB, device=q.device)
     )
-    _, t_rel = positions(cu, N)
+    _, t_rel = cached(memo, ("positions",), lambda: positions(cu, N))
     out = torch.empty(N, HKV, geometry["num_selected"], device=q.device, dtype=torch.int32)
     all_scores = torch.zeros(N, HKV, n_sel, device=q.device, dtype=torch.float32) if return_scores else None
     tiles_per_chunk = max(1, chunk_elems // (TT * HKV * max(ncp, n_sel) * 2))
