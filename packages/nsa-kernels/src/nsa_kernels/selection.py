@@ -489,6 +489,7 @@ def selection_fwd(
     step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32). ``prefetch``:
     the query rows of the next step load into registers while a step computes (one pipeline stage, so
     ``num_stages`` is ignored); Triton's own pipelining of this indirect gather issues it only after the step.
+    It applies to D tiles up to 128 (measured there); a 256-wide tile would hold 64 more registers per thread.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -499,6 +500,7 @@ def selection_fwd(
     blk_seq, blk_start = plan["slc_blocks"]
     o = torch.empty_like(q)
     lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
+    prefetch = prefetch and BD <= 128
     common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
     merge = {**common, "BM": _sizes(G, D, select_block, merge_block_m)[0], "num_warps": merge_warps}
     step = max(1, partial_elems // (HQ * S * D))
