@@ -47,8 +47,8 @@ def kernel_times(fn, iters: int) -> dict:
 
 
 def host_time(fn, iters: int, top: int) -> tuple[float, str]:
-    """Host ms per call to enqueue ``iters`` calls after the GPU has drained (few enough that the launch queue holds them,
-    so the host never waits for the GPU), and the ``top`` functions by own host time (empty when ``top`` is 0)."""
+    """Host ms per call to enqueue ``iters`` calls after the GPU has drained (few enough that the launch queue holds
+    them, so the host never waits for the GPU), and the ``top`` functions by own host time (none when ``top`` is 0)."""
     torch.cuda.synchronize()
     profiler = cProfile.Profile() if top else None
     start = time.perf_counter()
