@@ -161,7 +161,9 @@ class _Plans:
 
     A training loop calls with the same sequence lengths every step (forward and backward of every layer), so the
     index tables are built once and reused: no host work, no host-to-device copies (which a CUDA graph capture would
-    also forbid). The ``PLAN_CACHE_SIZE`` most recent layouts are kept; the tables are only ever read.
+    also forbid). The ``PLAN_CACHE_SIZE`` most recent layouts are kept; their tables are only ever read, and the
+    plan's ``memo`` collects the tables that the kernels' launchers derive from the layout on first use
+    (:func:`~nsa_kernels.index.cached`).
     """
 
     def __init__(self, cu: Tensor, lens: list[int], HQ: int, HKV: int, geometry: dict):

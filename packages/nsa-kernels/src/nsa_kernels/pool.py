@@ -108,7 +108,7 @@ def pool_fwd(
     """Compressed keys and values ``[NC, HKV, D]`` of packed ``k``/``v`` ``[N, HKV, D]``.
 
     ``cmp_lens``: host compressed lengths per sequence (no device sync), else read from ``cu_keys``; ``memo``:
-    a plan's table cache (:func:`~nsa_kernels.index.cached`).
+    the table cache of the plan of this layout (:func:`~nsa_kernels.index.cached`).
     """
     _N, HKV, D = k.shape
 
@@ -116,7 +116,7 @@ def pool_fwd(
         seq, rel = positions(cu_keys, int(cu_keys[-1]) if cmp_lens is None else sum(cmp_lens))
         return seq.to(torch.int32), rel.to(torch.int32)
 
-    seq, rel = cached(memo if cmp_lens is not None else None, ("compressed_positions",), key_positions)
+    seq, rel = cached(memo, ("compressed_positions",), key_positions)
     NC = seq.numel()
     k_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
     v_cmp = torch.empty(NC, HKV, D, device=k.device, dtype=k.dtype)
@@ -151,9 +151,7 @@ def pool_bwd(
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(n_tokens, HKV, D, device=dk_cmp.device, dtype=torch.float32) for _ in range(2))
-    tile_seq, tile_start = cached(
-        memo if lens is not None else None, ("tiles", BT), lambda: tile_table(cu_seqlens, BT, lens)
-    )
+    tile_seq, tile_start = cached(memo, ("tiles", BT), lambda: tile_table(cu_seqlens, BT, lens))
     if tile_seq.numel():
         pool_bwd_kernel_mean[(tile_seq.numel(), HKV)](
             dk_cmp, dv_cmp, dkv[0], dkv[1], cu_seqlens, cu_keys, tile_seq, tile_start,
