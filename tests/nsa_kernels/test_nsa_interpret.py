@@ -235,26 +235,28 @@ def test_triton_backend_is_registered():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "bwd_item", "range_tokens", "dq_fp32", "halves", "prefetch"),
+    ("algo", "fwd_item", "bwd_item", "range_tokens", "dq_fp32", "halves", "prefetch", "dkv_elems"),
     [
-        ("block", 5, 10, 17, True, False, True),
-        ("block", 7, 3, 17, False, True, False),
-        ("block", 40, 1152, 120, False, True, True),
-        ("tile", 288, 1152, 17, True, True, False),
+        ("block", 5, 10, 17, True, False, True, 0),
+        ("block", 7, 3, 17, False, True, False, 2**30),
+        ("block", 9, 4, 17, False, True, False, 160_000),
+        ("block", 40, 1152, 120, False, True, True, 2**30),
+        ("tile", 288, 1152, 17, True, True, False, 0),
     ],
 )
 def test_selection_algorithms_and_work_items(
-    algo, fwd_item, bwd_item, range_tokens, dq_fp32, halves, prefetch, monkeypatch, poison_empty
+    algo, fwd_item, bwd_item, range_tokens, dq_fp32, halves, prefetch, dkv_elems, monkeypatch, poison_empty
 ):
     """Block-outer selection split into small work items and token ranges (dQ partials fp32 or bf16; partial
     outputs and dQ whole or in D halves; query rows prefetched by hand over work items of five steps, or by Triton's
-    pipeliner), and the tile-outer kernels."""
+    pipeliner; the dK/dV partials reduced per token range, for all ranges at once, or in groups of three ranges),
+    and the tile-outer kernels."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
     tune = {"fwd_item": fwd_item, "bwd_item": bwd_item, "partial_elems": 14 * 4 * 32 * range_tokens,
             "dq_partials_fp32": dq_fp32, "bwd_dq_halves": halves, "fwd_o_halves": halves,
-            "fwd_prefetch": prefetch}  # fmt: skip
+            "fwd_prefetch": prefetch, "bwd_dkv_partial_elems": dkv_elems}  # fmt: skip
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)

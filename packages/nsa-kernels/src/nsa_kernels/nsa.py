@@ -8,7 +8,7 @@ dK/dV of window (banded) and compression (split over token ranges, then spread b
 pool), all with plain stores in a fixed order: deterministic, no float atomics. Extra memory beyond
 inputs, outputs and the three branch outputs: the int32 indices and their CSR / union tables,
 O(N·HKV·S), fp32 dQ/dK/dV accumulators, the compressed-key partial sums and the selection partials
-(bounded by ``TUNING["slc_block"]["partial_elems"]``).
+(bounded by ``TUNING["slc_block"]["partial_elems"]``, and for dK/dV by ``["bwd_dkv_partial_elems"]``).
 
 Shape legend:
     B batch, T tokens, N = B·T packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim,
@@ -59,6 +59,7 @@ TUNING = {
         "merge_warps": 1,
         "fwd_item": 576,
         "bwd_item": 1152,
+        "bwd_dkv_partial_elems": 2**29,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,
@@ -84,8 +85,9 @@ TUNING = {
 ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
 override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
 D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the
-current step. ``pregate``: the combine backward writes the gated dO of a branch once (not
-per row).
+current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together
+(fewer read-and-rewrite passes over the fp32 dK/dV). ``pregate``: the combine backward writes the gated dO of a branch
+once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}

@@ -284,6 +284,7 @@ def slc_bwd_kernel_block(
     item_hi,
     NB,
     e_base,
+    item_base,  # first row of this launch's items in dk_part / dv_part
     scale,
     scale2,
     HQ: tl.constexpr,
@@ -327,7 +328,7 @@ def slc_bwd_kernel_block(
             qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
             dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
         )  # fmt: skip
-    offs = (pid.to(tl.int64) * BN + n)[:, None] * D + d[None, :]
+    offs = ((item_base + pid).to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
     tl.store(dk_part + offs, dk_acc * scale, mask=io_mask)
     tl.store(dv_part + offs, dv_acc, mask=io_mask)
@@ -335,9 +336,10 @@ def slc_bwd_kernel_block(
 
 @triton.jit
 def slc_bwd_kernel_reduce_dkv(
-    dk_part,  # [NW, BN, D]
+    dk_part,  # [NW, BN, D] items of `ranges` consecutive token ranges
     dv_part,
-    row_first,  # [HKV·NB + 1] first work item of each CSR row
+    row_first,  # [ranges, HKV·NB + 1] first work item of each CSR row, per token range
+    ranges,
     dk,  # [N, HKV, D] fp32
     dv,
     cu_seqlens,
@@ -360,15 +362,16 @@ def slc_bwd_kernel_reduce_dkv(
     n = tl.arange(0, BN)
     d = tl.arange(0, BD)
     k_ok = (n < SB) & (k0 + n < eos - bos)
-    first = tl.load(row_first + h * NB + b)
-    last = tl.load(row_first + h * NB + b + 1)
     dk_acc = tl.zeros([BN, BD], tl.float32)
     dv_acc = tl.zeros([BN, BD], tl.float32)
     part_mask = (n < BN)[:, None] & (d[None, :] < D)
-    for item in range(first, last):
-        offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
-        dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
-        dv_acc += tl.load(dv_part + offs, mask=part_mask, other=0.0)
+    for r in range(ranges):
+        first = tl.load(row_first + r * (HKV * NB + 1) + h * NB + b)
+        last = tl.load(row_first + r * (HKV * NB + 1) + h * NB + b + 1)
+        for item in range(first, last):
+            offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
+            dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
+            dv_acc += tl.load(dv_part + offs, mask=part_mask, other=0.0)
     offs = (bos + k0 + n).to(tl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
     io_mask = k_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -455,6 +458,15 @@ def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, i
         hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
         entries = (t_hi - t_lo) * HKV * S
         yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
+
+
+def _dkv_group_end(ranges: list, first: int, elems_per_item: int, budget: int) -> int:
+    """End of the group of token ranges from ``first`` whose dK/dV partials fit ``budget`` elements (at least one)."""
+    end, total = first + 1, ranges[first][2][0].numel() * elems_per_item
+    while end < len(ranges) and total + ranges[end][2][0].numel() * elems_per_item <= budget:
+        total += ranges[end][2][0].numel() * elems_per_item
+        end += 1
+    return end
 
 
 def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -548,16 +560,19 @@ def selection_bwd(
     merge_block_m: int = 64,
     merge_warps: int = 4,
     dq_halves: bool = False,
+    dkv_partial_elems: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
     With ``dq_out`` (the last dQ writer: the input dtype) the sum goes there instead of back into ``dq``.
 
-    Token ranges as in :func:`selection_fwd`; dK/dV of each range are reduced into the result in order.
+    Token ranges as in :func:`selection_fwd`; their dK/dV partials are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
     the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
     ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction). ``dq_halves``: each step's dQ
     partial is computed and stored as two D/2-wide halves (fewer live registers; D tiles of at least 32).
+    ``dkv_partial_elems``: the dK/dV partials of consecutive token ranges are kept until they hold that many
+    elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -575,26 +590,35 @@ def selection_bwd(
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
-        NW = item_row.numel()
-        dk_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
-        dv_part = torch.empty(NW, BN, D, device=q.device, dtype=torch.float32)
-        if NW:
-            slc_bwd_kernel_block[(NW,)](
-                q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-                sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale, scale * LOG2E,
-                HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32,
-                num_stages=num_stages, **launch_options(maxnreg), **common,
+    ranges = list(_token_ranges(sel, N, HQ * S * D, partial_elems, item))
+    merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
+    start = 0
+    while start < len(ranges):
+        end = _dkv_group_end(ranges, start, BN * D * 2, dkv_partial_elems)
+        items = sum(work[0].numel() for _, _, work in ranges[start:end])
+        dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
+        dv_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
+        item_base, firsts = 0, []
+        for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in ranges[start:end]:
+            NW = item_row.numel()
+            if NW:
+                slc_bwd_kernel_block[(NW,)](
+                    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
+                    sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
+                    scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32,
+                    num_stages=num_stages, **launch_options(maxnreg), **common,
+                )  # fmt: skip
+            firsts.append(row_first + item_base)
+            item_base += NW
+            slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
+                dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
+                ACCUMULATE=accumulate_dq, **{**common, "num_warps": merge_warps},
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
-                dk_part, dv_part, row_first, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq, blk_start, blk_seq.numel(),
-                BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
+                dk_part, dv_part, torch.stack(firsts), end - start, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq,
+                blk_start, blk_seq.numel(), BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
             )  # fmt: skip
         accumulate = True
-        merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
-        slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
-            dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
-            ACCUMULATE=accumulate_dq, **{**common, "num_warps": merge_warps},
-        )  # fmt: skip
+        start = end
     return dkv
