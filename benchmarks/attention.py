@@ -303,6 +303,7 @@ def structured_rows(T: int) -> list[dict]:
 
 
 def main() -> None:
+    global D
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--branches-at", type=int, nargs="*", default=[8192, 65536, 131072])
@@ -315,8 +316,10 @@ def main() -> None:
     parser.add_argument("--tuning-at", type=int, nargs="*", default=[])
     parser.add_argument("--tuning", nargs="*", default=["{}"], help="TUNING overrides (JSON) timed at --tuning-at")
     parser.add_argument("--providers", nargs="*", default=None, help="subset of providers (default: all)")
+    parser.add_argument("--head-dim", type=int, default=D, help="head dim of every provider (VideoNSA: 128)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    D = args.head_dim
     try:
         from fla.ops.nsa import parallel_nsa as fla
     except ImportError:

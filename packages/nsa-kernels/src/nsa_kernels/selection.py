@@ -501,7 +501,7 @@ def selection_fwd(
     step's partial output is computed and stored as two D/2-wide halves (D tiles of at least 32). ``prefetch``:
     the query rows of the next step load into registers while a step computes (one pipeline stage, so
     ``num_stages`` is ignored); Triton's own pipelining of this indirect gather issues it only after the step.
-    It applies to D tiles up to 128 (measured there); a 256-wide tile would hold 64 more registers per thread.
+    It applies to D tiles up to 128 (measured at 64 and 128); a 256-wide tile would hold 64 more registers per thread.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
