@@ -267,6 +267,25 @@ def test_selection_algorithms_and_work_items(
     _assert_grads_match(o, ref, (q, k, v, g))
 
 
+def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
+    """Groups of token ranges whose dK/dV partials fit the element budget; a range larger than it stands alone."""
+    from nsa_kernels.selection import _dkv_group_end
+
+    ranges = [(0, 0, (torch.empty(items),)) for items in (52, 52, 52, 52, 10, 400)]
+
+    def groups(budget: int) -> list[tuple[int, int]]:
+        out, start = [], 0
+        while start < len(ranges):
+            end = _dkv_group_end(ranges, start, 2, budget)
+            out.append((start, end))
+            start = end
+        return out
+
+    assert groups(0) == [(i, i + 1) for i in range(6)]
+    assert groups(2 * 156) == [(0, 3), (3, 5), (5, 6)]
+    assert groups(2 * 1000) == [(0, 6)]
+
+
 @pytest.mark.parametrize(
     ("algo", "fwd_item", "pregate", "bwd_block_m"),
     [("block", 288, False, 64), ("block", 6, True, 128), ("tile", 288, False, 64)],
