@@ -269,16 +269,15 @@ def test_selection_algorithms_and_work_items(
 
 def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
     """Groups of token ranges whose dK/dV partials fit the element budget; a range larger than it stands alone."""
-    from nsa_kernels.selection import _dkv_group_end
+    from nsa_kernels.selection import _dkv_groups
 
-    ranges = [(0, 0, (torch.empty(items),)) for items in (52, 52, 52, 52, 10, 400)]
+    ranges = [(i, 0, (torch.empty(items),)) for i, items in enumerate((52, 52, 52, 52, 10, 400))]
 
     def groups(budget: int) -> list[tuple[int, int]]:
-        out, start = [], 0
-        while start < len(ranges):
-            end = _dkv_group_end(ranges, start, 2, budget)
-            out.append((start, end))
-            start = end
+        out = []
+        for group, items in _dkv_groups(iter(ranges), 2, budget):
+            assert items == sum(r[2][0].numel() for r in group)
+            out.append((group[0][0], group[-1][0] + 1))
         return out
 
     assert groups(0) == [(i, i + 1) for i in range(6)]

@@ -55,11 +55,22 @@ def _load_key_halves(x, pos, dh, ok, h, HKV: tl.constexpr, D: tl.constexpr, HD: 
 
 
 @triton.jit
+def _load_entries(csr_ent, base, hi, tok, TT: tl.constexpr):
+    # the raw CSR entries base + tok (< hi) of one step, 0 past the item
+    return tl.load(csr_ent + base + tok, mask=(tok < TT) & (base + tok < hi), other=0)
+
+
+@triton.jit
+def _decode_entries(ent, base, hi, tok, TT: tl.constexpr, HKV: tl.constexpr, S: tl.constexpr):
+    # row mask, selection e = (t·HKV + h)·S + slot and token t of the entries loaded for step base
+    e = ent.to(tl.int64)
+    return (tok < TT) & (base + tok < hi), e, e // (HKV * S)
+
+
+@triton.jit
 def _entries(csr_ent, base, hi, tok, TT: tl.constexpr, HKV: tl.constexpr, S: tl.constexpr):
     # the CSR entries base + tok (< hi) of one step: row mask, selection e = (t·HKV + h)·S + slot, token t
-    row_ok = (tok < TT) & (base + tok < hi)
-    e = tl.load(csr_ent + base + tok, mask=row_ok, other=0).to(tl.int64)
-    return row_ok, e, e // (HKV * S)
+    return _decode_entries(_load_entries(csr_ent, base, hi, tok, TT), base, hi, tok, TT, HKV, S)
 
 
 @triton.jit
@@ -171,12 +182,10 @@ def slc_fwd_kernel_block(
         # registers while step i computes, so neither load's latency sits between two steps
         row_ok, e, t = _entries(csr_ent, split, hi, tok, TT, HKV, S)
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
-        ent_next = tl.load(csr_ent + split + TT + tok, mask=(tok < TT) & (split + TT + tok < hi), other=0)
+        ent_next = _load_entries(csr_ent, split + TT, hi, tok, TT)
         for base in range(split, hi, TT):
-            ent_after = tl.load(csr_ent + base + 2 * TT + tok, mask=(tok < TT) & (base + 2 * TT + tok < hi), other=0)
-            ok_next = (tok < TT) & (base + TT + tok < hi)
-            e_next = ent_next.to(tl.int64)
-            t_next = e_next // (HKV * S)
+            ent_after = _load_entries(csr_ent, base + 2 * TT, hi, tok, TT)
+            ok_next, e_next, t_next = _decode_entries(ent_next, base + TT, hi, tok, TT, HKV, S)
             q_next = _load_rows(q, t_next, head, d, ok_next, HQ, D)
             _slc_fwd_step(qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
                           False, O_HALVES, G, D, HD)  # fmt: skip
@@ -460,13 +469,19 @@ def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, i
         yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
 
 
-def _dkv_group_end(ranges: list, first: int, elems_per_item: int, budget: int) -> int:
-    """End of the group of token ranges from ``first`` whose dK/dV partials fit ``budget`` elements (at least one)."""
-    end, total = first + 1, ranges[first][2][0].numel() * elems_per_item
-    while end < len(ranges) and total + ranges[end][2][0].numel() * elems_per_item <= budget:
-        total += ranges[end][2][0].numel() * elems_per_item
-        end += 1
-    return end
+def _dkv_groups(ranges, elems_per_item: int, budget: int):
+    """Consecutive token ranges grouped so that each group's dK/dV partials fit ``budget`` elements (a range larger
+    than the budget forms a group of its own); yields ``(group, items)``."""
+    group, items = [], 0
+    for token_range in ranges:
+        size = token_range[2][0].numel()
+        if group and (items + size) * elems_per_item > budget:
+            yield group, items
+            group, items = [], 0
+        group.append(token_range)
+        items += size
+    if group:
+        yield group, items
 
 
 def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
@@ -590,16 +605,13 @@ def selection_bwd(
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    ranges = list(_token_ranges(sel, N, HQ * S * D, partial_elems, item))
+    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
-    start = 0
-    while start < len(ranges):
-        end = _dkv_group_end(ranges, start, BN * D * 2, dkv_partial_elems)
-        items = sum(work[0].numel() for _, _, work in ranges[start:end])
+    for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         dv_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         item_base, firsts = 0, []
-        for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in ranges[start:end]:
+        for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in group:
             NW = item_row.numel()
             if NW:
                 slc_bwd_kernel_block[(NW,)](
@@ -616,9 +628,8 @@ def selection_bwd(
             )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
-                dk_part, dv_part, torch.stack(firsts), end - start, dkv[0], dkv[1], plan["cu_seqlens"], blk_seq,
+                dk_part, dv_part, torch.stack(firsts), len(group), dkv[0], dkv[1], plan["cu_seqlens"], blk_seq,
                 blk_start, blk_seq.numel(), BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
             )  # fmt: skip
         accumulate = True
-        start = end
     return dkv
