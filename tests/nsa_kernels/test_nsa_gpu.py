@@ -7,6 +7,8 @@ Both references are given the kernel's block indices, so they see the same selec
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -107,13 +109,15 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
     [
         (False, {"bwd_block_m": 64, "bwd_num_warps": 4}),
         (True, {"bwd_block_m": 64, "bwd_num_warps": 4}),
-        (True, {"bwd_dq_halves": False, "fwd_o_halves": False}),
+        (True, {"bwd_dq_halves": False, "fwd_o_halves": False, "bwd_async_gathers": False}),
+        (True, {"bwd_async_gathers": False}),
     ],
-    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials"],
+    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials", "triton-block-bwd"],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
     """The non-default selection settings (the defaults are pregated dO, 128-row 8-warp backward steps, partial
-    outputs and dQ in D halves)."""
+    outputs and dQ in D halves, and on Hopper the backward with asynchronous gathers, so the Triton block kernel
+    runs here only where it is asked for)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
@@ -157,3 +161,46 @@ def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
     eager = step()
     for a, b in zip(captured, eager, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("T", "HKV", "G", "D", "cu", "pregate", "dtype"),
+    [
+        pytest.param(1000, 2, 7, 128, None, True, torch.bfloat16, id="G7-T1000-pregated"),
+        pytest.param(4096, 1, 7, 128, None, False, torch.bfloat16, id="G7-T4096-gated-dO"),
+        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], True, torch.bfloat16, id="G7-D64-varlen-empty-seq"),
+        pytest.param(1531, 2, 1, 128, [0, 1531], True, torch.float16, id="G1-T1531-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], False, torch.bfloat16, id="G16-D64-varlen-63"),
+    ],
+)
+def test_async_selection_backward_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, poison_empty, monkeypatch):
+    """The Hopper selection backward with asynchronous row gathers, on awkward shapes; the Triton block kernel
+    is made unusable, so a silent fallback to it fails the test."""
+    from nsa_kernels import nsa, selection
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the asynchronous selection backward is built for compute capability 9.x")
+    monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "bwd_async_gathers": True})
+    monkeypatch.setattr(selection, "slc_bwd_kernel_block", None)
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device="cuda")
+    q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
+    o, aux = _forward(q, k, v, g, VIDEONSA, cu_seqlens)
+    idx = aux.block_indices
+    ref64 = nsa_reference(*(x.double() for x in (q, k, v, g)), VIDEONSA, cu_seqlens=cu_seqlens, block_indices=idx)
+    bounds = [0, T] if cu is None else cu
+    ref16 = torch.cat(
+        [
+            _reference_in_dtype(q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], VIDEONSA, idx[:, a:b])
+            for a, b in itertools.pairwise(bounds)
+            if b > a
+        ],
+        1,
+    )
+    do = torch.randn_like(o)
+    got = torch.autograd.grad(o, (q, k, v, g), do)
+    want64 = torch.autograd.grad(ref64, (q, k, v, g), do.double())
+    want16 = torch.autograd.grad(ref16, (q, k, v, g), do)
+    for name, a, b, c in zip(("dq", "dk", "dv", "dgates"), got, want64, want16, strict=True):
+        assert not a.isnan().any(), name
+        assert rel_err(a, b) <= 2 * rel_err(c, b) + 1e-4, name

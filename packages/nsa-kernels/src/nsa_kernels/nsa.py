@@ -60,6 +60,7 @@ TUNING = {
         "fwd_item": 576,
         "bwd_item": 1152,
         "bwd_dkv_partial_elems": 2**29,
+        "bwd_async_gathers": True,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,

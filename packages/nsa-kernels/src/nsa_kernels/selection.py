@@ -33,6 +33,7 @@ from nsa_kernels.attention import (
     launch_options,
 )
 from nsa_kernels.index import cached, selection_csr, selection_csr_size, token_block_offsets, work_chunks
+from nsa_kernels.selection_async import async_backward_supported, slc_bwd_kernel_block_async
 
 
 @triton.jit
@@ -576,6 +577,7 @@ def selection_bwd(
     merge_warps: int = 4,
     dq_halves: bool = False,
     dkv_partial_elems: int = 0,
+    async_gathers: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -588,6 +590,8 @@ def selection_bwd(
     partial is computed and stored as two D/2-wide halves (fewer live registers; D tiles of at least 32).
     ``dkv_partial_elems``: the dK/dV partials of consecutive token ranges are kept until they hold that many
     elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
+    ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper,
+    ``D`` of 64 or 128, 64-key blocks), which copies the next step's rows while a step computes.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -602,6 +606,7 @@ def selection_bwd(
     dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
+    async_gathers = async_gathers and async_backward_supported(q, D, BD, BN)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -613,7 +618,13 @@ def selection_bwd(
         item_base, firsts = 0, []
         for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in group:
             NW = item_row.numel()
-            if NW:
+            if NW and async_gathers:
+                slc_bwd_kernel_block_async[(NW,)](
+                    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
+                    sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
+                    scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C, num_warps=num_warps,
+                )  # fmt: skip
+            elif NW:
                 slc_bwd_kernel_block[(NW,)](
                     q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                     sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,

@@ -1,0 +1,197 @@
+"""Selection backward with asynchronous row gathers (Gluon, Hopper): the same work items and outputs as
+:func:`nsa_kernels.selection.slc_bwd_kernel_block`, which stays the readable version and the one the CPU
+interpreter runs.
+
+Triton issues the query/dO row gathers of a step only after the previous step's MMAs, so every step waits for
+its gathers. Here the rows of step i + 1 are copied into the second of two shared-memory buffers
+(``cp.async``) while step i runs its five warpgroup MMAs: S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q and
+the dQ partial dS·K. P and dS go through shared memory, where the MMAs read them transposed; the dQ tile goes
+through shared memory too, so that it is stored in 16-byte row pieces. The L2 is asked ahead for the next
+step's LSE/delta rows and for the CSR entries three steps on.
+
+Limits (the launcher falls back to the Triton kernel otherwise): compute capability 9.x, 16-bit inputs,
+a D tile of 64 or 128 equal to D, and 64-key selection blocks (BN = 64, the MMA's M for dK/dV).
+
+Shape legend as in :mod:`nsa_kernels.selection`.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+
+@gluon.constexpr_function
+def _mma_layout(M, N, num_warps):
+    # a warpgroup MMA accumulator [M, N]: warps stacked along M while M has 16-row slices for them, then along N
+    warps = [4, 1]
+    while warps[0] * warps[1] < num_warps:
+        if 16 * warps[0] < M:
+            warps[0] *= 2
+        else:
+            warps[1] *= 2
+    instr_n = min(256, N // warps[1])
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=warps, instr_shape=[16, instr_n, 16])
+
+
+@gluon.constexpr_function
+def _gather_layout(BD, num_warps):
+    # rows of BD 16-bit elements in 8-element (16-byte: one cp.async) pieces, 8 threads per 64 columns
+    return gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB):
+    row = gl.load(item_row + pid)
+    b = row % NB
+    seq = gl.load(blk_seq + b)
+    bos = gl.load(cu_seqlens + seq)
+    eos = gl.load(cu_seqlens + seq + 1)
+    return row // NB, gl.load(blk_start + b), bos, eos, gl.load(item_lo + pid), gl.load(item_hi + pid)
+
+
+@gluon.jit
+def _step_rows(csr_ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):
+    # rows r = (token slot, head g) of the step whose first CSR entry is base: row mask, selection e, token t, g
+    tok = r // G
+    ok = (tok < TT) & (base + tok < hi)
+    e = gl.load(csr_ent + base + tok, mask=ok, other=0).to(gl.int64)
+    return ok, e, e // (HKV * S), r % G
+
+
+@gluon.jit
+def _copy_rows(q, do, q_buf, do_buf, csr_ent, base, hi, h, r, d, G: gl.constexpr, TT: gl.constexpr,
+               HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr, D: gl.constexpr):  # fmt: skip
+    # start the copies of one step's query and dO rows (zeros for rows past the item) as one commit group
+    ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
+    offs = t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
+    async_copy.async_copy_global_to_shared(q_buf, q + offs, mask=ok[:, None])
+    async_copy.async_copy_global_to_shared(do_buf, do + offs, mask=ok[:, None])
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r, G: gl.constexpr, TT: gl.constexpr, HQ: gl.constexpr,
+                  HKV: gl.constexpr, S: gl.constexpr, C: gl.constexpr):  # fmt: skip
+    # per row of a step: mask, token, base-2 LSE (+inf without keys, so P = 0), delta, and the gate (C >= 0)
+    ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
+    row = t * HQ + h * G + g
+    lse_row = gl.load(lse + row, mask=ok, other=float("-inf"))
+    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
+    delta_row = gl.load(delta + row, mask=ok, other=0.0)
+    gate = gl.full_like(delta_row, 1.0)
+    if C >= 0:
+        gate = gl.load(gates + row * 3 + C, mask=ok, other=0.0).to(gl.float32)
+    return ok, t, lse2, delta_row, gate
+
+
+@gluon.jit
+def _prefetch_l2(ptrs, ok, fallback):
+    # hint the L2 to fetch the lines at ptrs where ok (the asm's dummy result keeps it from being removed)
+    gl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [gl.where(ok, ptrs, fallback)],
+                              dtype=gl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@gluon.jit
+def slc_bwd_kernel_block_async(
+    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row,
+    item_lo, item_hi, NB, e_base, item_base, scale, scale2,
+    HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+    SB: gl.constexpr, S: gl.constexpr, C: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    # arguments as slc_bwd_kernel_block (BD = D)
+    TT: gl.constexpr = BM // G
+    GATHER: gl.constexpr = _gather_layout(D, num_warps)
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
+    DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
+    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    dtype: gl.constexpr = q.dtype.element_ty
+
+    pid = gl.program_id(0)
+    h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
+    k_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    v_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
+    do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
+    p_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
+    ds_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
+
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
+    key_ok = (n < SB) & (k0 + n < eos - bos)
+    key_offs = (bos + k0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
+    async_copy.async_copy_global_to_shared(k_smem, k + key_offs, mask=key_ok[:, None])
+    async_copy.async_copy_global_to_shared(v_smem, v + key_offs, mask=key_ok[:, None])
+    r_gather = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    _copy_rows(q, do, q_smem.index(0), do_smem.index(0), csr_ent, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D)
+
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    kpos = k0 + gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    k_ok = (kpos - k0 < SB) & (kpos < eos - bos)
+    dk_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    dv_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    for i in range(gl.cdiv(hi - lo, TT)):
+        base = lo + i * TT
+        gl.thread_barrier()
+        _copy_rows(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
+                   r_gather, d, G, TT, HQ, HKV, S, D)  # fmt: skip
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        fence_async_shared()
+        q_buf = q_smem.index(i % 2)
+        do_buf = do_smem.index(i % 2)
+        s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
+                          is_async=True)  # fmt: skip
+        dp = warpgroup_mma(do_buf, v_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
+                           is_async=True)  # fmt: skip
+        ok, t, lse2, delta_row, gate = _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r_s, G, TT, HQ, HKV, S,
+                                                     C)  # fmt: skip
+        mask = ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
+        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+        p = gl.where(mask, gl.exp2(s * scale2 - lse2[:, None]), 0.0)
+        if C >= 0:
+            dp = dp * gate[:, None]
+            p_smem.store((p * gate[:, None]).to(dtype))
+        else:
+            p_smem.store(p.to(dtype))
+        ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
+        fence_async_shared()
+        gl.thread_barrier()
+
+        dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
+        dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
+        dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
+        ok_next, _, t_next, g_next = _step_rows(csr_ent, base + TT, hi, r_s, G, TT, HKV, S)
+        row_next = t_next * HQ + h * G + g_next
+        _prefetch_l2(lse + row_next, ok_next, lse)
+        _prefetch_l2(delta + row_next, ok_next, delta)
+        ahead = base + 3 * TT + r_s // G
+        _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
+        ok_dq, e_dq, _, g_dq = _step_rows(csr_ent, base, hi, r_gather, G, TT, HKV, S)
+        dq_offs = ((e_dq - e_base) * G + g_dq)[:, None] * D + d[None, :]
+        dv_acc, dk_acc, dq = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc, dq])
+        gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
+                 mask=ok_dq[:, None])  # fmt: skip
+    async_copy.wait_group(0)
+
+    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
+    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
+    offs = ((item_base + pid).to(gl.int64) * BN + n_out)[:, None] * D + d_out[None, :]
+    gl.store(dk_part + offs, dk_acc * scale)
+    gl.store(dv_part + offs, dv_acc)
+
+
+def async_backward_supported(q: torch.Tensor, D: int, BD: int, BN: int) -> bool:
+    """Whether :func:`slc_bwd_kernel_block_async` covers this call (else the Triton kernel runs)."""
+    return (
+        q.is_cuda
+        and torch.cuda.get_device_capability(q.device)[0] == 9
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and D == BD
+        and D in (64, 128)
+        and BN == 64
+    )
