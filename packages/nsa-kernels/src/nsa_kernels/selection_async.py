@@ -38,8 +38,8 @@ def _mma_layout(M, N, num_warps):
 
 
 @gluon.constexpr_function
-def _gather_layout(BD, num_warps):
-    # rows of BD 16-bit elements in 8-element (16-byte: one cp.async) pieces, 8 threads per 64 columns
+def _gather_layout(num_warps):
+    # rows of 16-bit elements in 8-element (16-byte: one cp.async) pieces, 8 threads per 64 columns, 4 rows per warp
     return gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
 
 
@@ -104,7 +104,7 @@ def slc_bwd_kernel_block_async(
 ):  # fmt: skip
     # arguments as slc_bwd_kernel_block (BD = D)
     TT: gl.constexpr = BM // G
-    GATHER: gl.constexpr = _gather_layout(D, num_warps)
+    GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
