@@ -33,7 +33,6 @@ from nsa_kernels.attention import (
     launch_options,
 )
 from nsa_kernels.index import cached, selection_csr, selection_csr_size, token_block_offsets, work_chunks
-from nsa_kernels.selection_async import async_backward_supported, slc_bwd_kernel_block_async
 
 
 @triton.jit
@@ -606,7 +605,10 @@ def selection_bwd(
     dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
-    async_gathers = async_gathers and async_backward_supported(q, D, BD, BN)
+    if async_gathers:
+        from nsa_kernels import selection_async  # it reuses this module's kernel helpers
+
+        async_gathers = selection_async.async_backward_supported(q, D, BD, BN)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -619,7 +621,7 @@ def selection_bwd(
         for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in group:
             NW = item_row.numel()
             if NW and async_gathers:
-                slc_bwd_kernel_block_async[(NW,)](
+                selection_async.slc_bwd_kernel_block_async[(NW,)](
                     q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                     sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
                     scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C, num_warps=num_warps,

@@ -23,6 +23,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from nsa_kernels.selection import _entries, _work_item
+
 
 @gluon.constexpr_function
 def _mma_layout(M, N, num_warps):
@@ -44,22 +46,10 @@ def _gather_layout(num_warps):
 
 
 @gluon.jit
-def _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB):
-    row = gl.load(item_row + pid)
-    b = row % NB
-    seq = gl.load(blk_seq + b)
-    bos = gl.load(cu_seqlens + seq)
-    eos = gl.load(cu_seqlens + seq + 1)
-    return row // NB, gl.load(blk_start + b), bos, eos, gl.load(item_lo + pid), gl.load(item_hi + pid)
-
-
-@gluon.jit
 def _step_rows(csr_ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):
     # rows r = (token slot, head g) of the step whose first CSR entry is base: row mask, selection e, token t, g
-    tok = r // G
-    ok = (tok < TT) & (base + tok < hi)
-    e = gl.load(csr_ent + base + tok, mask=ok, other=0).to(gl.int64)
-    return ok, e, e // (HKV * S), r % G
+    ok, e, t = _entries(csr_ent, base, hi, r // G, TT, HKV, S)
+    return ok, e, t, r % G
 
 
 @gluon.jit
