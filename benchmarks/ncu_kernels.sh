@@ -5,7 +5,8 @@
 set -euo pipefail
 out=${1:?output directory}
 T=${2:-32768}
-kernels=(slc_fwd_kernel_block slc_fwd_kernel_merge slc_bwd_kernel_block slc_bwd_kernel_reduce_dq
+kernels=(slc_fwd_kernel_block_async slc_fwd_kernel_block slc_fwd_kernel_merge slc_bwd_kernel_block_async
+         slc_bwd_kernel_block slc_bwd_kernel_reduce_dq
          topk_fwd_kernel_select topk_fwd_kernel_scores branch_bwd_kernel_dkv branch_fwd_kernel_attn)
 call="import sys, torch; sys.path.insert(0, 'benchmarks'); from attention import NSA, inputs
 from nsa_kernels import nsa_func

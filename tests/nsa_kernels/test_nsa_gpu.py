@@ -26,6 +26,7 @@ from tests.nsa_kernels.test_nsa_interpret import CASES
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 VIDEONSA = NSAConfig()
+TRITON_BLOCK_KERNELS = {"fwd_async_gathers": False, "bwd_async_gathers": False}
 
 
 def _forward(q, k, v, g, config, cu_seqlens=None, block_indices=None):
@@ -123,15 +124,15 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
     [
         (False, {"bwd_block_m": 64, "bwd_num_warps": 4}),
         (True, {"bwd_block_m": 64, "bwd_num_warps": 4}),
-        (True, {"bwd_dq_halves": False, "fwd_o_halves": False, "bwd_async_gathers": False}),
-        (True, {"bwd_async_gathers": False}),
+        (True, {"bwd_dq_halves": False, "fwd_o_halves": False, **TRITON_BLOCK_KERNELS}),
+        (True, TRITON_BLOCK_KERNELS),
     ],
-    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials", "triton-block-bwd"],
+    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials", "triton-block-kernels"],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
     """The non-default selection settings (the defaults are pregated dO, 128-row 8-warp backward steps, partial
-    outputs and dQ in D halves, and on Hopper the backward with asynchronous gathers, so the Triton block kernel
-    runs here only where it is asked for)."""
+    outputs and dQ in D halves, and on Hopper the forward and backward with asynchronous gathers, so the Triton
+    block kernels run here only where they are asked for)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
@@ -187,15 +188,17 @@ def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
         pytest.param(2049, 1, 16, 64, [0, 63, 2049], False, torch.bfloat16, id="G16-D64-varlen-63"),
     ],
 )
-def test_async_selection_backward_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, poison_empty, monkeypatch):
-    """The Hopper selection backward with asynchronous row gathers, on awkward shapes; the Triton block kernel
-    is made unusable, so a silent fallback to it fails the test."""
+def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, poison_empty, monkeypatch):
+    """The Hopper selection forward and backward with asynchronous row gathers, on awkward shapes; the Triton
+    block kernels are made unusable, so a silent fallback to them fails the test."""
     from nsa_kernels import nsa, selection
 
     if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the asynchronous selection backward is built for compute capability 9.x")
+        pytest.skip("the asynchronous selection kernels are built for compute capability 9.x")
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
-    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "bwd_async_gathers": True})
+    asynchronous = {"fwd_async_gathers": True, "bwd_async_gathers": True}
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **asynchronous})
+    monkeypatch.setattr(selection, "slc_fwd_kernel_block", None)
     monkeypatch.setattr(selection, "slc_bwd_kernel_block", None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, VIDEONSA, cu)

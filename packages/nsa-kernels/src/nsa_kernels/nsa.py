@@ -66,6 +66,8 @@ TUNING = {
         "bwd_dq_halves": True,
         "fwd_o_halves": True,
         "fwd_prefetch": True,
+        "fwd_async_gathers": True,
+        "fwd_async_buffers": 2,
     },
     "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "topk": {

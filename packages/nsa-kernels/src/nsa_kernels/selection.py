@@ -89,12 +89,11 @@ def _store_product(out, rows, row_ok, a, b_lo, b_hi, factor, d, dh, HALVES: tl.c
 
 
 @triton.jit
-def _masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV: tl.constexpr, S: tl.constexpr, SB: tl.constexpr,
+def _masked_entries(csr_ent, lo, hi, k0, bos, eos, i, HKV: tl.constexpr, S: tl.constexpr, SB: tl.constexpr,
                     BN: tl.constexpr):  # fmt: skip
     # how many of the entries [lo, hi) need the key mask: those whose token lies inside the block (entries ascend
     # by token and a block holds at most SB - 1 such tokens, so they come first and fit one BN-wide load), or
-    # all of them when the block is cut by the sequence end or padded (SB < BN)
-    i = tl.arange(0, BN)
+    # all of them when the block is cut by the sequence end or padded (SB < BN); i = arange(0, BN)
     ok = lo + i < hi
     t = tl.load(csr_ent + lo + i, mask=ok, other=0).to(tl.int64) // (HKV * S)
     inside = tl.sum((ok & (t - bos < k0 + SB - 1)).to(tl.int32), 0)
@@ -171,7 +170,8 @@ def slc_fwd_kernel_block(
     tok = r // G
     g = r % G
     head = h * G + g
-    split = tl.minimum(lo + tl.cdiv(_masked_entries(csr_ent, lo, hi, k0, bos, eos, HKV, S, SB, BN), TT) * TT, hi)
+    masked = _masked_entries(csr_ent, lo, hi, k0, bos, eos, tl.arange(0, BN), HKV, S, SB, BN)
+    split = tl.minimum(lo + tl.cdiv(masked, TT) * TT, hi)
     for base in range(lo, split, TT):
         row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
         qt = _load_rows(q, t, head, d, row_ok, HQ, D)
@@ -488,6 +488,15 @@ def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, i
     return max(block_m, triton.next_power_of_2(G), 16), max(triton.next_power_of_2(D), 16), select_block
 
 
+def _async_kernel(name: str, wanted: bool, q: torch.Tensor, D: int, BD: int, BN: int, BM: int):
+    """Kernel ``name`` of :mod:`nsa_kernels.selection_async` if ``wanted`` and it covers the call, else None."""
+    if not wanted:
+        return None
+    from nsa_kernels import selection_async  # it reuses this module's kernel helpers
+
+    return getattr(selection_async, name) if selection_async.async_supported(q, D, BD, BN, BM) else None
+
+
 def selection_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -507,6 +516,8 @@ def selection_fwd(
     merge_warps: int = 4,
     o_halves: bool = False,
     prefetch: bool = False,
+    async_gathers: bool = False,
+    async_buffers: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -517,6 +528,9 @@ def selection_fwd(
     the query rows of the next step load into registers while a step computes (one pipeline stage, so
     ``num_stages`` is ignored); Triton's own pipelining of this indirect gather issues it only after the step.
     It applies to D tiles up to 128 (measured at 64 and 128); a 256-wide tile would hold 64 more registers per thread.
+    ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper, ``D`` of 64 or
+    128, 64-key blocks, ``block_m`` a multiple of 64), which copies the rows of step i + ``async_buffers`` - 1 while
+    step i computes.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -528,17 +542,25 @@ def selection_fwd(
     o = torch.empty_like(q)
     lse = torch.empty(N, HQ, device=q.device, dtype=torch.float32)
     prefetch = prefetch and BD <= 128
+    BN = max(triton.next_power_of_2(SB), 16)
+    async_kernel = _async_kernel("slc_fwd_kernel_block_async", async_gathers, q, D, BD, BN, BM)
     common = dict(HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, S=S, num_warps=num_warps)
     merge = {**common, "BM": _sizes(G, D, select_block, merge_block_m)[0], "num_warps": merge_warps}
     step = max(1, partial_elems // (HQ * S * D))
     o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
     lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
     for t_lo, t_hi, (item_row, item_lo, item_hi, _) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
-        if item_row.numel():
+        if item_row.numel() and async_kernel:
+            async_kernel[(item_row.numel(),)](
+                q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"], item_row, item_lo,
+                item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB,
+                S=S, BUFFERS=async_buffers, num_warps=num_warps,
+            )  # fmt: skip
+        elif item_row.numel():
             slc_fwd_kernel_block[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"],
                 item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, scale * LOG2E,
-                BN=max(triton.next_power_of_2(SB), 16), SB=SB, O_HALVES=o_halves and BD >= 32,
+                BN=BN, SB=SB, O_HALVES=o_halves and BD >= 32,
                 PREFETCH=prefetch, num_stages=1 if prefetch else num_stages, **launch_options(maxnreg), **common,
             )  # fmt: skip
         slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
@@ -605,10 +627,7 @@ def selection_bwd(
     dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
-    if async_gathers:
-        from nsa_kernels import selection_async  # it reuses this module's kernel helpers
-
-        async_gathers = selection_async.async_backward_supported(q, D, BD, BN)
+    async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers, q, D, BD, BN, BM)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -620,8 +639,8 @@ def selection_bwd(
         item_base, firsts = 0, []
         for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in group:
             NW = item_row.numel()
-            if NW and async_gathers:
-                selection_async.slc_bwd_kernel_block_async[(NW,)](
+            if NW and async_kernel:
+                async_kernel[(NW,)](
                     q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
                     sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
                     scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C, num_warps=num_warps,

@@ -23,7 +23,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from nsa_kernels.selection import _entries, _work_item
+from nsa_kernels.selection import _decode_entries, _entries, _load_entries, _masked_entries, _work_item
 
 
 @gluon.constexpr_function
@@ -53,14 +53,30 @@ def _step_rows(csr_ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.
 
 
 @gluon.jit
-def _copy_rows(q, do, q_buf, do_buf, csr_ent, base, hi, h, r, d, G: gl.constexpr, TT: gl.constexpr,
-               HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr, D: gl.constexpr):  # fmt: skip
-    # start the copies of one step's query and dO rows (zeros for rows past the item) as one commit group
+def _copy_rows(x, buf, t, head, ok, d, HQ: gl.constexpr, D: gl.constexpr):
+    # start the copy of the [BM, D] rows (token t, query head) of a [N, HQ, D] tensor (zeros where not ok)
+    async_copy.async_copy_global_to_shared(buf, x + t[:, None] * (HQ * D) + head[:, None] * D + d[None, :],
+                                           mask=ok[:, None])  # fmt: skip
+
+
+@gluon.jit
+def _copy_step(q, do, q_buf, do_buf, csr_ent, base, hi, h, r, d, G: gl.constexpr, TT: gl.constexpr,
+               HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr, D: gl.constexpr, GRAD: gl.constexpr):  # fmt: skip
+    # start the copies of one step's query rows (and with GRAD its dO rows) as one commit group
     ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
-    offs = t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
-    async_copy.async_copy_global_to_shared(q_buf, q + offs, mask=ok[:, None])
-    async_copy.async_copy_global_to_shared(do_buf, do + offs, mask=ok[:, None])
+    _copy_rows(q, q_buf, t, h * G + g, ok, d, HQ, D)
+    if GRAD:
+        _copy_rows(do, do_buf, t, h * G + g, ok, d, HQ, D)
     async_copy.commit_group()
+
+
+@gluon.jit
+def _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV: gl.constexpr, SB: gl.constexpr, D: gl.constexpr):
+    # start the copies of the work item's K/V block (zeros past the block or the sequence; committed with step 0)
+    ok = (n < SB) & (k0 + n < eos - bos)
+    offs = (bos + k0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
+    async_copy.async_copy_global_to_shared(k_smem, k + offs, mask=ok[:, None])
+    async_copy.async_copy_global_to_shared(v_smem, v + offs, mask=ok[:, None])
 
 
 @gluon.jit
@@ -79,10 +95,93 @@ def _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r, G: gl.constexpr, T
 
 
 @gluon.jit
+def _mask_keys(x, ok, t, bos, k0, n, key_limit, fill):
+    # x where key n of the block (first key k0) is visible to the row of token t: the row is in the item, the key
+    # lies before key_limit (the block's end or the sequence's) and at or before t; fill elsewhere
+    limit = gl.minimum(gl.where(ok, (t - bos - k0).to(gl.int32) + 1, 0)[:, None], key_limit[None, :])
+    return gl.where(n[None, :] < limit, x, fill)
+
+
+@gluon.jit
 def _prefetch_l2(ptrs, ok, fallback):
     # hint the L2 to fetch the lines at ptrs where ok (the asm's dummy result keeps it from being removed)
     gl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [gl.where(ok, ptrs, fallback)],
                               dtype=gl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@gluon.jit
+def slc_fwd_kernel_block_async(
+    q, k, v, o_part, lse_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row, item_lo, item_hi, NB, e_base, scale2,
+    HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+    SB: gl.constexpr, S: gl.constexpr, BUFFERS: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    # arguments as slc_fwd_kernel_block (BD = D). The query rows of step i + BUFFERS - 1 are copied while step i
+    # computes, from CSR entries loaded a step earlier; P stays in registers as the A operand of the PV product;
+    # the output tile is staged through the step's query buffer (S is done with it) and stored in 16-byte pieces
+    TT: gl.constexpr = BM // G
+    GATHER: gl.constexpr = _gather_layout(num_warps)
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    O_L: gl.constexpr = _mma_layout(BM, D, num_warps)
+    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    dtype: gl.constexpr = q.dtype.element_ty
+
+    pid = gl.program_id(0)
+    h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
+    k_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    v_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    q_smem = gl.allocate_shared_memory(dtype, [BUFFERS, BM, D], SMEM)
+
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, gl.arange(0, BN, gl.SliceLayout(1, GATHER)), d, HKV, SB, D)
+    tok_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER)) // G
+    head_g = h * G + gl.arange(0, BM, gl.SliceLayout(1, GATHER)) % G
+    for j in gl.static_range(BUFFERS - 1):
+        ok_j, _, t_j = _entries(csr_ent, lo + j * TT, hi, tok_g, TT, HKV, S)
+        _copy_rows(q, q_smem.index(j), t_j, head_g, ok_j, d, HQ, D)
+        async_copy.commit_group()
+    ent_copy = _load_entries(csr_ent, lo + (BUFFERS - 1) * TT, hi, tok_g, TT)
+
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    key_limit = gl.where(n_s < SB, (eos - bos - k0).to(gl.int32), 0)
+    masked = lo + _masked_entries(csr_ent, lo, hi, k0, bos, eos, n_s, HKV, S, SB, BN)
+    for i in range(gl.cdiv(hi - lo, TT)):
+        base = lo + i * TT
+        ent_s = _load_entries(csr_ent, base, hi, r_s // G, TT)
+        ent_o = _load_entries(csr_ent, base, hi, tok_g, TT)
+        gl.thread_barrier()
+        ok_c, _, t_c = _decode_entries(ent_copy, base + (BUFFERS - 1) * TT, hi, tok_g, TT, HKV, S)
+        _copy_rows(q, q_smem.index((i + BUFFERS - 1) % BUFFERS), t_c, head_g, ok_c, d, HQ, D)
+        async_copy.commit_group()
+        ent_copy = _load_entries(csr_ent, base + BUFFERS * TT, hi, tok_g, TT)
+        async_copy.wait_group(BUFFERS - 1)
+        gl.thread_barrier()
+        fence_async_shared()
+        q_buf = q_smem.index(i % BUFFERS)
+        s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
+                          is_async=True)  # fmt: skip
+        ok, e, t = _decode_entries(ent_s, base, hi, r_s // G, TT, HKV, S)
+        s = warpgroup_mma_wait(0, deps=[s])
+        if base < masked:
+            s = _mask_keys(s, ok, t, bos, k0, n_s, key_limit, float("-inf"))
+        m = gl.max(s, 1)
+        m_safe = gl.where(m == float("-inf"), 0.0, m * scale2)
+        p = gl.exp2(s * scale2 - m_safe[:, None])
+        l_i = gl.sum(p, 1)
+        has_key = l_i > 0
+        l_safe = gl.where(has_key, l_i, 1.0)
+        lse_row = gl.where(has_key, m_safe + gl.log2(l_safe), float("-inf"))
+        gl.store(lse_part + (e - e_base) * G + r_s % G, lse_row, mask=ok)
+        p = gl.convert_layout((p * (1.0 / l_safe)[:, None]).to(dtype), P_L)
+        o = warpgroup_mma(p, v_smem, gl.zeros([BM, D], gl.float32, O_L), use_acc=False, is_async=True)
+        ok_o, e_o, _ = _decode_entries(ent_o, base, hi, tok_g, TT, HKV, S)
+        o = warpgroup_mma_wait(0, deps=[o])
+        q_buf.store(o.to(dtype))
+        gl.thread_barrier()
+        rows = (e_o - e_base) * G + head_g - h * G
+        gl.store(o_part + rows[:, None] * D + d[None, :], q_buf.load(GATHER), mask=ok_o[:, None])
+    async_copy.wait_group(0)
 
 
 @gluon.jit
@@ -112,23 +211,21 @@ def slc_bwd_kernel_block_async(
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
-    key_ok = (n < SB) & (k0 + n < eos - bos)
-    key_offs = (bos + k0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
-    async_copy.async_copy_global_to_shared(k_smem, k + key_offs, mask=key_ok[:, None])
-    async_copy.async_copy_global_to_shared(v_smem, v + key_offs, mask=key_ok[:, None])
+    _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV, SB, D)
     r_gather = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
-    _copy_rows(q, do, q_smem.index(0), do_smem.index(0), csr_ent, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D)
+    _copy_step(q, do, q_smem.index(0), do_smem.index(0), csr_ent, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D, True)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
-    kpos = k0 + gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    k_ok = (kpos - k0 < SB) & (kpos < eos - bos)
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    key_limit = gl.where(n_s < SB, (eos - bos - k0).to(gl.int32), 0)
+    masked = lo + _masked_entries(csr_ent, lo, hi, k0, bos, eos, n_s, HKV, S, SB, BN)
     dk_acc = gl.zeros([BN, D], gl.float32, DKV_L)
     dv_acc = gl.zeros([BN, D], gl.float32, DKV_L)
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
         gl.thread_barrier()
-        _copy_rows(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
-                   r_gather, d, G, TT, HQ, HKV, S, D)  # fmt: skip
+        _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
+                   r_gather, d, G, TT, HQ, HKV, S, D, True)  # fmt: skip
         async_copy.wait_group(1)
         gl.thread_barrier()
         fence_async_shared()
@@ -140,9 +237,10 @@ def slc_bwd_kernel_block_async(
                            is_async=True)  # fmt: skip
         ok, t, lse2, delta_row, gate = _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r_s, G, TT, HQ, HKV, S,
                                                      C)  # fmt: skip
-        mask = ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.where(mask, gl.exp2(s * scale2 - lse2[:, None]), 0.0)
+        p = gl.exp2(s * scale2 - lse2[:, None])
+        if base < masked:
+            p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
         if C >= 0:
             dp = dp * gate[:, None]
             p_smem.store((p * gate[:, None]).to(dtype))
@@ -175,10 +273,11 @@ def slc_bwd_kernel_block_async(
     gl.store(dv_part + offs, dv_acc)
 
 
-def async_backward_supported(q: torch.Tensor, D: int, BD: int, BN: int) -> bool:
-    """Whether :func:`slc_bwd_kernel_block_async` covers this call (else the Triton kernel runs)."""
+def async_supported(q: torch.Tensor, D: int, BD: int, BN: int, BM: int) -> bool:
+    """Whether the kernels here cover this call (else the Triton kernels run)."""
     return (
-        q.is_cuda
+        BM % 64 == 0
+        and q.is_cuda
         and torch.cuda.get_device_capability(q.device)[0] == 9
         and q.dtype in (torch.bfloat16, torch.float16)
         and D == BD
