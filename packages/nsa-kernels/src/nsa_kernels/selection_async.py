@@ -1,13 +1,19 @@
-"""Selection backward with asynchronous row gathers (Gluon, Hopper): the same work items and outputs as
-:func:`nsa_kernels.selection.slc_bwd_kernel_block`, which stays the readable version and the one the CPU
-interpreter runs.
+"""Selection forward and backward with asynchronous row gathers (Gluon, Hopper): the same work items and outputs as
+:func:`nsa_kernels.selection.slc_fwd_kernel_block` / :func:`~nsa_kernels.selection.slc_bwd_kernel_block`, which stay
+the readable versions and the ones the CPU interpreter runs.
 
 Triton issues the query/dO row gathers of a step only after the previous step's MMAs, so every step waits for
-its gathers. Here the rows of step i + 1 are copied into the second of two shared-memory buffers
-(``cp.async``) while step i runs its five warpgroup MMAs: S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q and
-the dQ partial dS·K. P and dS go through shared memory, where the MMAs read them transposed; the dQ tile goes
-through shared memory too, so that it is stored in 16-byte row pieces. The L2 is asked ahead for the next
-step's LSE/delta rows and for the CSR entries three steps on.
+its gathers. Here the rows of step i + 1 are copied (``cp.async``) into the second of two shared-memory buffers
+while step i runs its warpgroup MMAs.
+
+- Forward: S = Q·Kᵀ and O = P·V. The copies are addressed by CSR entries loaded a step earlier, P stays in
+  registers as the A operand of the PV product, and the output tile is staged through the step's query buffer so
+  that it is stored in 16-byte row pieces. 64 KB of shared memory and 168 registers: 3 CTAs per SM.
+- Backward: S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q and the dQ partial dS·K. The step's LSE and delta rows
+  are copied with its query/dO rows; P and dS go through shared memory, where the MMAs read them transposed; the dQ
+  tile is converted to a row layout for 16-byte stores; the L2 is asked ahead for the CSR entries three steps on.
+- Both apply the causal/sequence key mask only on the steps that need it (the block's own tokens come first in its
+  CSR list); rows past the item are zero-filled copies whose products vanish.
 
 Limits (the launcher falls back to the Triton kernel otherwise): compute capability 9.x, 16-bit inputs,
 a D tile of 64 or 128 equal to D, and 64-key selection blocks (BN = 64, the MMA's M for dK/dV).
@@ -80,18 +86,14 @@ def _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV: gl.constexpr, 
 
 
 @gluon.jit
-def _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r, G: gl.constexpr, TT: gl.constexpr, HQ: gl.constexpr,
-                  HKV: gl.constexpr, S: gl.constexpr, C: gl.constexpr):  # fmt: skip
-    # per row of a step: mask, token, base-2 LSE (+inf without keys, so P = 0), delta, and the gate (C >= 0)
+def _copy_softmax_rows(lse, delta, lse_buf, delta_buf, csr_ent, base, hi, h, r, G: gl.constexpr, TT: gl.constexpr,
+                       HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):  # fmt: skip
+    # start the copies of one step's LSE and delta rows (zeros for rows past the item: with their zero query and dO
+    # rows, P = 1 there and every product they enter is 0)
     ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
     row = t * HQ + h * G + g
-    lse_row = gl.load(lse + row, mask=ok, other=float("-inf"))
-    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
-    delta_row = gl.load(delta + row, mask=ok, other=0.0)
-    gate = gl.full_like(delta_row, 1.0)
-    if C >= 0:
-        gate = gl.load(gates + row * 3 + C, mask=ok, other=0.0).to(gl.float32)
-    return ok, t, lse2, delta_row, gate
+    async_copy.async_copy_global_to_shared(lse_buf, lse + row, mask=ok)
+    async_copy.async_copy_global_to_shared(delta_buf, delta + row, mask=ok)
 
 
 @gluon.jit
@@ -197,7 +199,9 @@ def slc_bwd_kernel_block_async(
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
+    ROWS: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
     SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
@@ -208,11 +212,16 @@ def slc_bwd_kernel_block_async(
     do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
     p_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
     ds_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV, SB, D)
     r_gather = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    r_rows = gl.arange(0, BM, ROWS)
+    _copy_softmax_rows(lse, delta, lse_smem.index(0), delta_smem.index(0), csr_ent, lo, hi, h, r_rows, G, TT, HQ, HKV,
+                       S)  # fmt: skip
     _copy_step(q, do, q_smem.index(0), do_smem.index(0), csr_ent, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D, True)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -224,6 +233,8 @@ def slc_bwd_kernel_block_async(
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
         gl.thread_barrier()
+        _copy_softmax_rows(lse, delta, lse_smem.index((i + 1) % 2), delta_smem.index((i + 1) % 2), csr_ent, base + TT,
+                           hi, h, r_rows, G, TT, HQ, HKV, S)  # fmt: skip
         _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
                    r_gather, d, G, TT, HQ, HKV, S, D, True)  # fmt: skip
         async_copy.wait_group(1)
@@ -235,11 +246,16 @@ def slc_bwd_kernel_block_async(
                           is_async=True)  # fmt: skip
         dp = warpgroup_mma(do_buf, v_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
                            is_async=True)  # fmt: skip
-        ok, t, lse2, delta_row, gate = _softmax_rows(csr_ent, lse, delta, gates, base, hi, h, r_s, G, TT, HQ, HKV, S,
-                                                     C)  # fmt: skip
+        lse_row = lse_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
+        delta_row = delta_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        if C >= 0:
+            ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
+            gate = gl.load(gates + (t_g * HQ + h * G + g_g) * 3 + C, mask=ok_g, other=0.0).to(gl.float32)
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
         p = gl.exp2(s * scale2 - lse2[:, None])
         if base < masked:
+            ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
             p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
         if C >= 0:
             dp = dp * gate[:, None]
@@ -253,10 +269,6 @@ def slc_bwd_kernel_block_async(
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
         dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
-        ok_next, _, t_next, g_next = _step_rows(csr_ent, base + TT, hi, r_s, G, TT, HKV, S)
-        row_next = t_next * HQ + h * G + g_next
-        _prefetch_l2(lse + row_next, ok_next, lse)
-        _prefetch_l2(delta + row_next, ok_next, delta)
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
         ok_dq, e_dq, _, g_dq = _step_rows(csr_ent, base, hi, r_gather, G, TT, HKV, S)
