@@ -357,6 +357,15 @@ def test_phase_tuning_overrides_one_phase():
         nsa.TUNING["slc_block"] = original
 
 
+def test_forward_rejects_zero_query_row_buffers(monkeypatch):
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "fwd_async_buffers": 0})
+    q, k, v, g = make_inputs(1, 40, 1, 7, 32, torch.bfloat16)
+    with pytest.raises(ValueError, match="async_buffers must be at least 1"):
+        _run(q, k, v, g, small_config(window=16), None)
+
+
 def test_backward_reuses_the_forward_selection_csr(monkeypatch):
     """The backward takes the forward's selection CSR (one sort per step), and a plan from a reused CSR has the row
     count and key base of a fresh one (varlen with an empty sequence)."""

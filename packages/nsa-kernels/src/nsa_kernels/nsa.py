@@ -89,8 +89,10 @@ TUNING = {
 override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
 D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the
 current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together
-(fewer read-and-rewrite passes over the fp32 dK/dV). ``pregate``: the combine backward writes the gated dO of a branch
-once (not per row).
+(fewer read-and-rewrite passes over the fp32 dK/dV). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block
+kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's
+query-row buffers (rows copied that many steps minus one ahead). ``pregate``: the combine backward writes the gated
+dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}

@@ -532,6 +532,8 @@ def selection_fwd(
     128, 64-key blocks, ``block_m`` a multiple of 64), which copies the rows of step i + ``async_buffers`` - 1 while
     step i computes.
     """
+    if async_buffers < 1:
+        raise ValueError(f"async_buffers must be at least 1 (Gluon query-row buffers), got {async_buffers}")
     N, HQ, D = q.shape
     HKV = k.shape[1]
     G = HQ // HKV
