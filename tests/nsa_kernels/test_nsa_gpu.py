@@ -179,25 +179,29 @@ def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize(
-    ("T", "HKV", "G", "D", "cu", "pregate", "dtype"),
+    ("T", "HKV", "G", "D", "cu", "pregate", "dtype", "slc_block"),
     [
-        pytest.param(1000, 2, 7, 128, None, True, torch.bfloat16, id="G7-T1000-pregated"),
-        pytest.param(4096, 1, 7, 128, None, False, torch.bfloat16, id="G7-T4096-gated-dO"),
-        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], True, torch.bfloat16, id="G7-D64-varlen-empty-seq"),
-        pytest.param(1531, 2, 1, 128, [0, 1531], True, torch.float16, id="G1-T1531-fp16"),
-        pytest.param(2049, 1, 16, 64, [0, 63, 2049], False, torch.bfloat16, id="G16-D64-varlen-63"),
+        pytest.param(1000, 2, 7, 128, None, True, torch.bfloat16, {}, id="G7-T1000-pregated"),
+        pytest.param(4096, 1, 7, 128, None, False, torch.bfloat16, {}, id="G7-T4096-gated-dO"),
+        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], True, torch.bfloat16, {}, id="G7-D64-varlen-empty-seq"),
+        pytest.param(1531, 2, 1, 128, [0, 1531], True, torch.float16, {}, id="G1-T1531-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], False, torch.bfloat16, {}, id="G16-D64-varlen-63"),
+        pytest.param(3001, 1, 7, 128, [0, 1400, 3001], True, torch.bfloat16,
+                     {"partial_elems": 2**22, "bwd_dkv_partial_elems": 2**21, "fwd_async_buffers": 3},
+                     id="G7-varlen-token-ranges-3-buffers"),
     ],
-)
-def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, poison_empty, monkeypatch):
+)  # fmt: skip
+def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, slc_block, poison_empty, monkeypatch):
     """The Hopper selection forward and backward with asynchronous row gathers, on awkward shapes; the Triton
-    block kernels are made unusable, so a silent fallback to them fails the test."""
+    block kernels are made unusable, so a silent fallback to them fails the test. The last case runs ~20 token
+    ranges (partials indexed from each range's first selection), dK/dV partials reduced in groups, three row buffers."""
     from nsa_kernels import nsa, selection
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the asynchronous selection kernels are built for compute capability 9.x")
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
     asynchronous = {"fwd_async_gathers": True, "bwd_async_gathers": True}
-    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **asynchronous})
+    monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **asynchronous, **slc_block})
     monkeypatch.setattr(selection, "slc_fwd_kernel_block", None)
     monkeypatch.setattr(selection, "slc_bwd_kernel_block", None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
