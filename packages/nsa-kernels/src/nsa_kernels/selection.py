@@ -101,6 +101,19 @@ def _masked_entries(csr_ent, lo, hi, k0, bos, eos, i, HKV: tl.constexpr, S: tl.c
 
 
 @triton.jit
+def _block_softmax(s, scale2):
+    # the rows of one block's scores s (masked keys -inf) as probabilities over the block, scaled by scale2 > 0 in
+    # base 2, and each row's base-2 LSE; a row without keys gets P = 0 and LSE -inf
+    m = tl.max(s, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m * scale2)
+    p = tl.exp2(s * scale2 - m_safe[:, None])
+    l_i = tl.sum(p, 1)
+    has_key = l_i > 0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    return p * (1.0 / l_safe)[:, None], tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf"))
+
+
+@triton.jit
 def _slc_fwd_step(
     qt, row_ok, e, t, kt, v_a, v_b, o_part, lse_part, g, d, dh, kpos, k_ok, bos, e_base, scale2,
     MASKED: tl.constexpr, O_HALVES: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
@@ -111,16 +124,10 @@ def _slc_fwd_step(
     s = tl.dot(qt, tl.trans(kt))
     if MASKED:
         s = tl.where(row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None]), s, float("-inf"))
-    m = tl.max(s, 1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m * scale2)
-    p = tl.exp2(s * scale2 - m_safe[:, None])
-    l_i = tl.sum(p, 1)
-    has_key = l_i > 0
-    l_safe = tl.where(has_key, l_i, 1.0)
+    p, lse_row = _block_softmax(s, scale2)
     out_rows = (e - e_base) * G + g
-    p = (p * (1.0 / l_safe)[:, None]).to(v_a.dtype)
-    _store_product(o_part, out_rows, row_ok, p, v_a, v_b, 1.0, d, dh, O_HALVES, D, HD)
-    tl.store(lse_part + out_rows, tl.where(has_key, m_safe + tl.log2(l_safe), float("-inf")), mask=row_ok)
+    _store_product(o_part, out_rows, row_ok, p.to(v_a.dtype), v_a, v_b, 1.0, d, dh, O_HALVES, D, HD)
+    tl.store(lse_part + out_rows, lse_row, mask=row_ok)
 
 
 @triton.jit

@@ -29,7 +29,14 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from nsa_kernels.selection import _decode_entries, _entries, _load_entries, _masked_entries, _work_item
+from nsa_kernels.selection import (
+    _block_softmax,
+    _decode_entries,
+    _entries,
+    _load_entries,
+    _masked_entries,
+    _work_item,
+)
 
 
 @gluon.constexpr_function
@@ -167,15 +174,9 @@ def slc_fwd_kernel_block_async(
         s = warpgroup_mma_wait(0, deps=[s])
         if base < masked:
             s = _mask_keys(s, ok, t, bos, k0, n_s, key_limit, float("-inf"))
-        m = gl.max(s, 1)
-        m_safe = gl.where(m == float("-inf"), 0.0, m * scale2)
-        p = gl.exp2(s * scale2 - m_safe[:, None])
-        l_i = gl.sum(p, 1)
-        has_key = l_i > 0
-        l_safe = gl.where(has_key, l_i, 1.0)
-        lse_row = gl.where(has_key, m_safe + gl.log2(l_safe), float("-inf"))
+        p, lse_row = _block_softmax(s, scale2)
         gl.store(lse_part + (e - e_base) * G + r_s % G, lse_row, mask=ok)
-        p = gl.convert_layout((p * (1.0 / l_safe)[:, None]).to(dtype), P_L)
+        p = gl.convert_layout(p.to(dtype), P_L)
         o = warpgroup_mma(p, v_smem, gl.zeros([BM, D], gl.float32, O_L), use_acc=False, is_async=True)
         ok_o, e_o, _ = _decode_entries(ent_o, base, hi, tok_g, TT, HKV, S)
         o = warpgroup_mma_wait(0, deps=[o])
