@@ -75,7 +75,7 @@ def compiled_kernels() -> list[dict]:
     import triton
 
     rows = []
-    for module_name in ("attention", "selection", "topk", "combine", "pool"):
+    for module_name in ("attention", "attention_async", "selection", "selection_async", "topk", "combine", "pool"):
         module = importlib.import_module(f"nsa_kernels.{module_name}")
         for name, fn in vars(module).items():
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):

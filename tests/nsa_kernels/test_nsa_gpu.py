@@ -206,3 +206,49 @@ def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, 
     monkeypatch.setattr(selection, "slc_bwd_kernel_block", None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, VIDEONSA, cu)
+
+
+@pytest.mark.parametrize(
+    ("T", "HKV", "G", "D", "cu", "pregate", "dtype", "config", "tuning"),
+    [
+        pytest.param(1000, 2, 7, 128, None, True, torch.bfloat16, VIDEONSA, {}, id="G7-T1000-pregated"),
+        pytest.param(4096, 1, 7, 128, None, False, torch.bfloat16, VIDEONSA, {}, id="G7-T4096-gated-dO-8-splits"),
+        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], True, torch.bfloat16, VIDEONSA, {},
+                     id="G7-D64-varlen-empty-seq"),
+        pytest.param(1531, 2, 1, 128, [0, 1531], True, torch.float16, VIDEONSA, {}, id="G1-T1531-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], False, torch.bfloat16, VIDEONSA, {}, id="G16-D64-varlen-63"),
+        pytest.param(3001, 1, 7, 128, [0, 1400, 3001], True, torch.bfloat16,
+                     NSAConfig(compress_stride=32, window=100), {"cmp_dkv": {"span": 300}},
+                     id="G7-stride32-window100-token-chunks"),
+        pytest.param(2000, 2, 7, 128, None, False, torch.bfloat16, VIDEONSA,
+                     {"async_block_m": 128, "async_num_warps": 8, "async_dkv_block_m": 64, "async_dkv_num_warps": 4},
+                     id="G7-128-row-forward-dQ-64-row-dKdV"),
+    ],
+)  # fmt: skip
+def test_async_compression_window_flash_attention_rule(
+    T, HKV, G, D, cu, pregate, dtype, config, tuning, poison_empty, monkeypatch
+):
+    """The Hopper compression and window kernels (forward, dQ, dK/dV) on awkward shapes; the Triton branch kernels
+    are made unusable, so a silent fallback to them fails the test (the selection runs its block kernels)."""
+    from nsa_kernels import attention, nsa
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the asynchronous compression/window kernels are built for compute capability 9.x")
+    monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
+    branch = {key: value for key, value in tuning.items() if key.startswith("async")}
+    for name in ("cmp", "swd"):
+        monkeypatch.setitem(nsa.TUNING, name, {**nsa.TUNING[name], "async": ["fwd", "dq", "dkv"], **branch})
+    monkeypatch.setitem(nsa.TUNING, "cmp_dkv", {**nsa.TUNING["cmp_dkv"], **tuning.get("cmp_dkv", {})})
+    for kernel in ("branch_fwd_kernel_attn", "branch_bwd_kernel_dq", "branch_bwd_kernel_dkv"):
+        monkeypatch.setattr(attention, kernel, None)
+    q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
+    _assert_flash_attention_rule(q, k, v, g, config, cu)
+
+
+def test_triton_compression_window_kernels_flash_attention_rule(monkeypatch):
+    """The Triton compression and window kernels, which the Hopper defaults replace by the Gluon ones."""
+    from nsa_kernels import nsa
+
+    for name in ("cmp", "swd"):
+        monkeypatch.setitem(nsa.TUNING, name, {**nsa.TUNING[name], "async": []})
+    test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)

@@ -434,6 +434,23 @@ def launch_options(maxnreg: int | None) -> dict:
     return {} if maxnreg is None else {"maxnreg": maxnreg}
 
 
+def async_applies(q: torch.Tensor, block_m: int = 64) -> bool:
+    """Whether the Gluon kernels of :mod:`nsa_kernels.attention_async` cover queries ``q`` [N, HQ, D] in tiles of
+    ``block_m`` rows: Hopper, 16-bit inputs, ``D`` of 64 or 128, ``block_m`` a multiple of 64."""
+    from nsa_kernels import selection_async  # it imports this module's kernel helpers
+
+    return selection_async.async_supported(q, q.shape[-1], q.shape[-1], 64, block_m)
+
+
+def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
+    """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
+    if not (wanted and async_applies(q, block_m)):
+        return None
+    from nsa_kernels import attention_async
+
+    return getattr(attention_async, name)
+
+
 def _blocks(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, int]:
     BM = max(block_m, triton.next_power_of_2(G), 16)
     BD = max(triton.next_power_of_2(D), 16)
@@ -454,11 +471,13 @@ def branch_fwd(
     num_warps: int = 4,
     num_stages: int = 2,
     maxnreg: int | None = None,
+    asynchronous: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     ``plan`` holds the varlen tables of :mod:`nsa_kernels.index` (tile table for ``block_m``, key
-    offsets, and for ``SLC`` the block indices and their per-tile union).
+    offsets, and for ``SLC`` the block indices and their per-tile union). ``asynchronous``: the Gluon kernel of
+    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -472,10 +491,17 @@ def branch_fwd(
     dummy = plan["cu_seqlens"]
     union_off, union_blk, blk_idx = plan.get("union", (dummy, dummy, dummy)) if mode == SLC else (dummy,) * 3
     S = blk_idx.shape[-1] if mode == SLC else 1
+    cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
+    gluon_kernel = async_kernel("branch_fwd_kernel_attn_async", asynchronous and mode != SLC, q, BM)
+    if gluon_kernel:
+        gluon_kernel[(tile_seq.numel(), HKV)](
+            q, k, v, o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale * LOG2E, HQ=HQ, HKV=HKV, G=G,
+            D=D, BM=BM, BN=64, MODE=mode, CL=geometry["compress_block"], CS=geometry["compress_stride"],
+            W=geometry["window"], num_warps=num_warps,
+        )  # fmt: skip
+        return o, lse
     branch_fwd_kernel_attn[(tile_seq.numel(), HKV)](
-        q, k, v, o, lse,
-        plan["cu_seqlens"], plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"],
-        tile_seq, tile_start, union_off, union_blk, blk_idx,
+        q, k, v, o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
         scale * LOG2E,
         HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, BM=BM, BN=BN_slc if mode == SLC else 64, MODE=mode,
         CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
@@ -509,6 +535,9 @@ def branch_bwd(
     cmp_dkv: dict | None = None,
     gated: bool = False,
     maxnreg: int | None = None,
+    async_dq: bool = False,
+    async_dkv: bool = False,
+    dkv_num_warps: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -523,7 +552,9 @@ def branch_bwd(
     that gives more programs than the equal shares). ``gated``: ``do`` is this branch's gated gradient
     already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes straight into the MMAs; otherwise the
     kernels multiply each dO row by the gate.
-    ``maxnreg`` caps the registers per thread of both kernels.
+    ``maxnreg`` caps the registers per thread of both kernels. ``async_dq`` / ``async_dkv``: the Gluon kernels of
+    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where they apply (see :func:`async_kernel`);
+    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -542,7 +573,14 @@ def branch_bwd(
         W=geometry["window"], num_warps=num_warps, num_stages=num_stages, **launch_options(maxnreg),
     )  # fmt: skip
     tile_seq, tile_start = plan["tiles"]
-    if tile_seq.numel():
+    dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
+    if tile_seq.numel() and dq_kernel:
+        dq_kernel[(tile_seq.numel(), HKV)](
+            q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out, plan["cu_seqlens"], cu_keys,
+            tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=64, MODE=mode, C=C,
+            CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq, num_warps=num_warps,
+        )  # fmt: skip
+    elif tile_seq.numel():
         branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](
             q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out,
             plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
@@ -579,12 +617,21 @@ def branch_bwd(
         shape = (nsplit, NK, HKV, D)
         dkv = (torch.empty(shape, device=q.device, dtype=torch.float32),) * 2
         dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
-    if ktile_seq.numel():
+    dkv_bm = max(dkv_block_m, BM)
+    dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", async_dkv and mode != SLC and BN == 64, q, dkv_bm)
+    if ktile_seq.numel() and dkv_kernel:
+        dkv_kernel[(ktile_seq.numel(), HKV, nsplit)](
+            q, k, v, do, gates, lse, delta, dkv[0], dkv[1], plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, NK,
+            scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=dkv_bm, BN=64, MODE=mode, C=C, CL=common["CL"],
+            CS=common["CS"], W=common["W"], NSPLIT=nsplit, SPAN=span if mode == CMP else 0, ACCUMULATE=accumulate,
+            num_warps=dkv_num_warps,
+        )  # fmt: skip
+    elif ktile_seq.numel():
         branch_bwd_kernel_dkv[(ktile_seq.numel(), HKV, nsplit)](
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1],
             plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, csr_off, csr_tok, NK,
             scale, scale * LOG2E,
-            BM=max(dkv_block_m, BM), BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
+            BM=dkv_bm, BN=BN, NSPLIT=nsplit, SPAN=span if mode == CMP else 0,
             ACCUMULATE=accumulate, **common,
         )  # fmt: skip
     if mode == CMP:

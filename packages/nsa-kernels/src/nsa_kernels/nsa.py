@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from nsa_kernels.attention import CMP, SLC, SWD, branch_bwd, branch_fwd
+from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_bwd, branch_fwd
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
     block_table,
@@ -44,7 +44,16 @@ GEOMETRY_KEYS = (
     "compress_block", "compress_stride", "select_block", "num_selected", "forced_initial", "forced_local", "window",
 )  # fmt: skip
 TUNING = {
-    "cmp": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "cmp": {
+        "block_m": 64,
+        "num_warps": 4,
+        "num_stages": 2,
+        "async": ["fwd", "dq", "dkv"],
+        "async_block_m": 64,
+        "async_num_warps": 4,
+        "async_dkv_block_m": 128,
+        "async_dkv_num_warps": 8,
+    },
     "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 4096},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
     "slc_block": {
@@ -69,7 +78,16 @@ TUNING = {
         "fwd_async_gathers": True,
         "fwd_async_buffers": 2,
     },
-    "swd": {"block_m": 64, "num_warps": 4, "num_stages": 2},
+    "swd": {
+        "block_m": 64,
+        "num_warps": 4,
+        "num_stages": 2,
+        "async": ["fwd", "dq", "dkv"],
+        "async_block_m": 64,
+        "async_num_warps": 4,
+        "async_dkv_block_m": 128,
+        "async_dkv_num_warps": 8,
+    },
     "topk": {
         "block_m": 64,
         "num_warps": 8,
@@ -82,6 +100,10 @@ TUNING = {
 }
 """Launch parameters per branch (``block_m`` = MMA rows, tokens times G heads); the benchmark varies them.
 
+``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
+(:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
+warps (forward, dQ) and ``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); elsewhere the
+Triton kernels run with ``block_m`` / ``num_warps``.
 ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
@@ -126,6 +148,23 @@ def _phase_tuning(phase: str) -> dict:
         elif prefix == phase:
             tune[name] = value
     return tune
+
+
+def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
+    """``TUNING[name]`` as keyword arguments of ``branch_fwd`` (``phase`` "fwd") or ``branch_bwd`` ("bwd"): the
+    ``async_*`` launch parameters replace the Triton ones for the Gluon kernels that apply."""
+    tune = TUNING[name]
+    kwargs = {key: value for key, value in tune.items() if not key.startswith("async")}
+    kernels = set(tune.get("async", ())) if async_applies(q) else set()
+    rows = {"block_m": tune.get("async_block_m", 64), "num_warps": tune.get("async_num_warps", 4)}
+    if phase == "fwd" and "fwd" in kernels:
+        kwargs.update(rows, asynchronous=True)
+    if phase == "bwd" and "dq" in kernels:
+        kwargs.update(rows, async_dq=True)
+    if phase == "bwd" and "dkv" in kernels:
+        kwargs.update(dkv_block_m=tune.get("async_dkv_block_m", 128), dkv_num_warps=tune.get("async_dkv_num_warps", 8),
+                      async_dkv=True)  # fmt: skip
+    return kwargs
 
 
 def _compressed_lengths(lens: list[int], geometry: dict) -> list[int]:
@@ -227,7 +266,8 @@ def nsa_fwd(
     out: dict = {"outputs": {}, "lse": {}}
     need_cmp = "cmp" in branches or ("slc" in branches and block_indices is None)
     if need_cmp:
-        plan = plans(TUNING["cmp"]["block_m"])
+        cmp_tune = _branch_tuning("cmp", q, "fwd")
+        plan = plans(cmp_tune["block_m"])
         k_cmp, v_cmp = pool_fwd(
             k,
             v,
@@ -238,9 +278,7 @@ def nsa_fwd(
             cmp_lens=plan["cmp_lens"],
             memo=plan["memo"],
         )
-        o_cmp, lse_cmp = branch_fwd(
-            q, k_cmp, v_cmp, mode=CMP, plan=plan, scale=scale, geometry=geometry, **TUNING["cmp"]
-        )
+        o_cmp, lse_cmp = branch_fwd(q, k_cmp, v_cmp, mode=CMP, plan=plan, scale=scale, geometry=geometry, **cmp_tune)
         if "cmp" in branches:
             out["outputs"]["cmp"], out["lse"]["cmp"] = o_cmp, lse_cmp
     if "slc" in branches:
@@ -274,9 +312,9 @@ def nsa_fwd(
                 q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
             )
     if "swd" in branches:
-        plan = plans(TUNING["swd"]["block_m"])
+        swd_tune = _branch_tuning("swd", q, "fwd")
         out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
-            q, k, v, mode=SWD, plan=plan, scale=scale, geometry=geometry, **TUNING["swd"]
+            q, k, v, mode=SWD, plan=plans(swd_tune["block_m"]), scale=scale, geometry=geometry, **swd_tune
         )
     out["o"] = combine_fwd(out["outputs"], gates)
     return out
@@ -319,11 +357,12 @@ def nsa_bwd(
     dkv = None
     accumulate = False
 
-    def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict, **kw):
+    def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw):
+        tune = _branch_tuning(name, q, "bwd")
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
-            plan=plan, gated=name in gated, scale=scale, geometry=geometry,
-            dq_out=final_dq(name), **kw, **TUNING[name],
+            plan=plan or plans(tune["block_m"]), gated=name in gated, scale=scale, geometry=geometry,
+            dq_out=final_dq(name), **kw, **tune,
         )  # fmt: skip
 
     if "slc" in branches and SELECTION["algo"] == "block":
@@ -341,17 +380,15 @@ def nsa_bwd(
         dkv = branch_grad("slc", SLC, k, v, plan, accumulate_dq=False, dkv=None)
         accumulate = True
     if "swd" in branches:
-        dkv = branch_grad("swd", SWD, k, v, plans(TUNING["swd"]["block_m"]), accumulate_dq=accumulate, dkv=dkv)
+        dkv = branch_grad("swd", SWD, k, v, accumulate_dq=accumulate, dkv=dkv)
         accumulate = True
     if dkv is not None:
         dkv = (dkv[0][0], dkv[1][0])
     if "cmp" in branches:
-        plan = plans(TUNING["cmp"]["block_m"])
+        plan = plans(_branch_tuning("cmp", q, "bwd")["block_m"])
         pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
         k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], memo=plan["memo"], **pool)
-        dk_cmp, dv_cmp = branch_grad(
-            "cmp", CMP, k_cmp, v_cmp, plan, accumulate_dq=accumulate, cmp_dkv=TUNING["cmp_dkv"]
-        )
+        dk_cmp, dv_cmp = branch_grad("cmp", CMP, k_cmp, v_cmp, accumulate_dq=accumulate, cmp_dkv=TUNING["cmp_dkv"])
         dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
     dtype = q.dtype
     return (

@@ -1,0 +1,375 @@
+"""Compression and window attention with asynchronous copies and warpgroup MMAs (Gluon, Hopper): the same work,
+arguments and outputs as the ``CMP`` / ``SWD`` modes of :mod:`nsa_kernels.attention`, whose Triton kernels stay the
+readable versions and the ones the CPU interpreter runs.
+
+- Forward and dQ (query-outer): a program holds one query tile (``BM // G`` tokens × the G heads of a KV head) in
+  shared memory and copies the keys of step j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps P in
+  registers as the A operand of P·V, the dQ kernel does the same with dS for dS·K.
+- dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
+  next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q.
+
+Triton 3.6 issues these loads only after the previous step's MMAs, and holds both fp32 dK/dV accumulators of the
+key-outer kernel in 255 registers with spills; here the accumulators are split over two warpgroups. The key mask is
+applied only on the steps that need it (an int32 compare against per-row limits); rows past the range are zero-filled
+copies whose products vanish, as in :mod:`nsa_kernels.selection_async`.
+
+Limits (the launchers fall back to the Triton kernels otherwise): compute capability 9.x, 16-bit inputs, a D tile of
+64 or 128 equal to D, ``BM`` a multiple of 64 and 64 keys per step.
+
+Shape legend as in :mod:`nsa_kernels.attention`.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from nsa_kernels.selection_async import _copy_block, _copy_rows, _gather_layout, _mma_layout
+
+LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@gluon.jit
+def _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid):
+    # the tile's first token, its sequence's token bounds and first key
+    seq = gl.load(tile_seq + pid)
+    return gl.load(tile_start + pid), gl.load(cu_seqlens + seq), gl.load(cu_seqlens + seq + 1), gl.load(cu_keys + seq)
+
+
+@gluon.jit
+def _visible_limits(t_rel, row_ok, MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr):
+    # per row of token t_rel (relative to its sequence): the keys it sees are lo < key < hi
+    if MODE == 0:
+        hi = gl.where(row_ok & (t_rel + 1 >= CL), (t_rel + 1 - CL) // CS + 1, 0)
+        lo = hi * 0 - 1
+    else:
+        hi = gl.where(row_ok, t_rel + 1, 0)
+        lo = t_rel - W
+    return lo, hi
+
+
+@gluon.jit
+def _mask_visible(x, key, lo, hi, fill):
+    # x where key (a row vector of key indices) lies strictly between the row limits lo and hi, fill elsewhere
+    return gl.where((key[None, :] > lo[:, None]) & (key[None, :] < hi[:, None]), x, fill)
+
+
+@gluon.jit
+def _key_range(t0, bos, eos, TT: gl.constexpr, BN: gl.constexpr, MODE: gl.constexpr, CL: gl.constexpr,
+               CS: gl.constexpr, W: gl.constexpr):  # fmt: skip
+    # the keys [start, end) a query tile visits (relative to its sequence) and the end of the leading keys every row
+    # of the tile sees, in whole BN steps (steps starting before it run without the mask)
+    t_first = t0 - bos
+    t_last = gl.minimum(t0 + TT, eos) - 1 - bos
+    if MODE == 0:
+        start = t_first * 0
+        end = gl.maximum((t_last + 1 - CL + CS) // CS, 0)
+        full = gl.maximum((t_first + 1 - CL + CS) // CS, 0) // BN * BN
+    else:
+        start = gl.maximum(t_first - W + 1, 0)
+        end = t_last + 1
+        full = start
+    return start, end, full
+
+
+@gluon.jit
+def _copy_keys(k, v, k_buf, v_buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+    # start the copies of the keys [key0, key0 + BN) ∩ [.., end) into one buffer pair, as one commit group
+    _copy_block(k, v, k_buf, v_buf, key0, kbos, kbos + end, h, n, d, HKV, BN, D)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def branch_fwd_kernel_attn_async(
+    q, k, v, o, lse, cu_seqlens, cu_keys, tile_seq, tile_start, scale2,
+    HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+    MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D)
+    TT: gl.constexpr = BM // G
+    GATHER: gl.constexpr = _gather_layout(num_warps)
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    O_L: gl.constexpr = _mma_layout(BM, D, num_warps)
+    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    dtype: gl.constexpr = q.dtype.element_ty
+
+    pid = gl.program_id(0)
+    h = gl.program_id(1)
+    t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
+    start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
+    q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
+    k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
+    v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
+
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
+    r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    t_g = (t0 + r_g // G).to(gl.int64)
+    _copy_rows(q, q_smem, t_g, h * G + r_g % G, (r_g // G < TT) & (t_g < eos), d, HQ, D)
+    _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    t_s = t0 + r_s // G
+    row_ok = (r_s // G < TT) & (t_s < eos)
+    vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
+    l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, S_L))
+    acc = gl.zeros([BM, D], gl.float32, O_L)
+    for j in range(gl.cdiv(end - start, BN)):
+        key0 = start + j * BN
+        gl.thread_barrier()
+        nxt = (j + 1) % 2
+        _copy_keys(k, v, k_smem.index(nxt), v_smem.index(nxt), kbos, key0 + BN, end, h, n, d, HKV, BN, D)
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        fence_async_shared()
+        s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                          use_acc=False, is_async=True)  # fmt: skip
+        s = warpgroup_mma_wait(0, deps=[s]) * scale2
+        if key0 + BN > full:
+            s = _mask_visible(s, key0 + n_s, vis_lo, vis_hi, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(s - m_safe[:, None])
+        alpha = gl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        m_i = m_new
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), P_L), v_smem.index(j % 2), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=[acc])
+    async_copy.wait_group(0)
+
+    has_key = l_i > 0
+    l_safe = gl.where(has_key, l_i, 1.0)
+    gl.store(lse + t_s * HQ + h * G + r_s % G, gl.where(has_key, (m_i + gl.log2(l_safe)) / LOG2E, float("-inf")),
+             mask=row_ok)  # fmt: skip
+    out = acc * gl.convert_layout(1.0 / l_safe, gl.SliceLayout(1, O_L))[:, None]
+    gl.thread_barrier()
+    q_smem.store(out.to(dtype))
+    gl.thread_barrier()
+    rows = (t_g * HQ + h * G + r_g % G)[:, None] * D + d[None, :]
+    gl.store(o + rows, q_smem.load(GATHER), mask=((r_g // G < TT) & (t_g < eos))[:, None])
+
+
+@gluon.jit
+def branch_bwd_kernel_dq_async(
+    q, k, v, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, scale, scale2,
+    HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+    MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
+    ACCUMULATE: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D)
+    TT: gl.constexpr = BM // G
+    GATHER: gl.constexpr = _gather_layout(num_warps)
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
+    DS_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=DQ_L, k_width=2)
+    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    dtype: gl.constexpr = q.dtype.element_ty
+
+    pid = gl.program_id(0)
+    h = gl.program_id(1)
+    t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
+    start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
+    q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
+    do_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
+    k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
+    v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
+
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
+    r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    t_g = (t0 + r_g // G).to(gl.int64)
+    ok_g = (r_g // G < TT) & (t_g < eos)
+    _copy_rows(q, q_smem, t_g, h * G + r_g % G, ok_g, d, HQ, D)
+    _copy_rows(do, do_smem, t_g, h * G + r_g % G, ok_g, d, HQ, D)
+    _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    t_s = t0 + r_s // G
+    row_ok = (r_s // G < TT) & (t_s < eos)
+    rows_s = t_s * HQ + h * G + r_s % G
+    vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
+    lse_row = gl.load(lse + rows_s, mask=row_ok, other=float("-inf"))
+    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
+    delta_row = gl.load(delta + rows_s, mask=row_ok, other=0.0)
+    if C >= 0:
+        gate = gl.load(gates + rows_s * 3 + C, mask=row_ok, other=0.0).to(gl.float32)
+    acc = gl.zeros([BM, D], gl.float32, DQ_L)
+    for j in range(gl.cdiv(end - start, BN)):
+        key0 = start + j * BN
+        gl.thread_barrier()
+        nxt = (j + 1) % 2
+        _copy_keys(k, v, k_smem.index(nxt), v_smem.index(nxt), kbos, key0 + BN, end, h, n, d, HKV, BN, D)
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        fence_async_shared()
+        s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                          use_acc=False, is_async=True)  # fmt: skip
+        dp = warpgroup_mma(do_smem, v_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                           use_acc=False, is_async=True)  # fmt: skip
+        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+        p = gl.exp2(s * scale2 - lse2[:, None])
+        if key0 + BN > full:
+            p = _mask_visible(p, key0 + n_s, vis_lo, vis_hi, 0.0)
+        if C >= 0:
+            dp = dp * gate[:, None]
+        ds = gl.convert_layout((p * (dp - delta_row[:, None])).to(dtype), DS_L)
+        acc = warpgroup_mma(ds, k_smem.index(j % 2), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=[acc])
+    async_copy.wait_group(0)
+
+    r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
+    d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))
+    t_o = t0 + r_o // G
+    ok_o = ((r_o // G < TT) & (t_o < eos))[:, None]
+    offs = (t_o.to(gl.int64) * HQ + h * G + r_o % G)[:, None] * D + d_o[None, :]
+    acc = acc * scale
+    if ACCUMULATE:
+        acc += gl.load(dq + offs, mask=ok_o, other=0.0)
+    gl.store(dq_out + offs, acc.to(dq_out.dtype.element_ty), mask=ok_o)
+
+
+@gluon.jit
+def _copy_token_step(q, do, lse, delta, q_buf, do_buf, lse_buf, delta_buf, bos, base, hi, h, r_g, r_rows, d,
+                     G: gl.constexpr, TT: gl.constexpr, HQ: gl.constexpr, D: gl.constexpr):  # fmt: skip
+    # start the copies of the query, dO, LSE and delta rows of the tokens [base, base + TT) ∩ [.., hi) (relative to
+    # the sequence), zeros past hi, as one commit group
+    ok = (r_g // G < TT) & (base + r_g // G < hi)
+    t = (bos + base + r_g // G).to(gl.int64)
+    _copy_rows(q, q_buf, t, h * G + r_g % G, ok, d, HQ, D)
+    _copy_rows(do, do_buf, t, h * G + r_g % G, ok, d, HQ, D)
+    ok_r = (r_rows // G < TT) & (base + r_rows // G < hi)
+    row = (bos + base + r_rows // G).to(gl.int64) * HQ + h * G + r_rows % G
+    async_copy.async_copy_global_to_shared(lse_buf, lse + row, mask=ok_r)
+    async_copy.async_copy_global_to_shared(delta_buf, delta + row, mask=ok_r)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _token_range(k0, bos, eos, split, TT: gl.constexpr, BN: gl.constexpr, MODE: gl.constexpr, CL: gl.constexpr,
+                 CS: gl.constexpr, W: gl.constexpr, NSPLIT: gl.constexpr, SPAN: gl.constexpr):  # fmt: skip
+    # the tokens [lo, hi) that the key tile k0 visits in this split (relative to the sequence), and the first token
+    # from which every row of a step sees every key of the tile and (SWD) the last step start for which that holds
+    if MODE == 0:
+        first = k0 * CS + CL - 1
+        span = gl.cdiv(gl.cdiv(gl.maximum(eos - bos - first, 0), NSPLIT), TT) * TT
+        if SPAN > 0:
+            span = span * 0 + SPAN
+        lo = first + split * span
+        hi = gl.minimum(lo + span, eos - bos)
+        open_lo = (k0 + BN - 1) * CS + CL - 1
+        open_hi = hi
+    else:
+        lo = k0
+        hi = gl.minimum(k0 + BN - 1 + W, eos - bos)
+        open_lo = k0 + BN - 1
+        open_hi = k0 + W - TT
+    return lo, hi, open_lo, open_hi
+
+
+@gluon.jit
+def branch_bwd_kernel_dkv_async(
+    q, k, v, do, gates, lse, delta, dk, dv, cu_seqlens, cu_keys, ktile_seq, ktile_start, nk_total, scale, scale2,
+    HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+    MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
+    NSPLIT: gl.constexpr, SPAN: gl.constexpr, ACCUMULATE: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    # arguments as branch_bwd_kernel_dkv (MODE CMP or SWD, BD = D, BN = 64)
+    TT: gl.constexpr = BM // G
+    GATHER: gl.constexpr = _gather_layout(num_warps)
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
+    ROWS: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    dtype: gl.constexpr = q.dtype.element_ty
+
+    pid = gl.program_id(0)
+    h = gl.program_id(1)
+    split = gl.program_id(2)
+    seq = gl.load(ktile_seq + pid)
+    k0 = gl.load(ktile_start + pid)
+    bos = gl.load(cu_seqlens + seq)
+    eos = gl.load(cu_seqlens + seq + 1)
+    kbos = gl.load(cu_keys + seq)
+    nks = gl.load(cu_keys + seq + 1) - kbos
+    lo, hi, open_lo, open_hi = _token_range(k0, bos, eos, split, TT, BN, MODE, CL, CS, W, NSPLIT, SPAN)
+    k_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    v_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
+    do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
+    p_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
+    ds_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
+
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
+    r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    r_rows = gl.arange(0, BM, ROWS)
+    _copy_block(k, v, k_smem, v_smem, k0, kbos, kbos + nks, h, n, d, HKV, BN, D)
+    _copy_token_step(q, do, lse, delta, q_smem.index(0), do_smem.index(0), lse_smem.index(0), delta_smem.index(0),
+                     bos, lo, hi, h, r_g, r_rows, d, G, TT, HQ, D)  # fmt: skip
+
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    dk_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    dv_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    for i in range(gl.cdiv(hi - lo, TT)):
+        base = lo + i * TT
+        nxt = (i + 1) % 2
+        gl.thread_barrier()
+        _copy_token_step(q, do, lse, delta, q_smem.index(nxt), do_smem.index(nxt), lse_smem.index(nxt),
+                         delta_smem.index(nxt), bos, base + TT, hi, h, r_g, r_rows, d, G, TT, HQ, D)  # fmt: skip
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        fence_async_shared()
+        q_buf = q_smem.index(i % 2)
+        do_buf = do_smem.index(i % 2)
+        s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
+                          is_async=True)  # fmt: skip
+        dp = warpgroup_mma(do_buf, v_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
+                           is_async=True)  # fmt: skip
+        lse_row = lse_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
+        delta_row = delta_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        if C >= 0:
+            t_c = bos + base + r_s // G
+            ok_c = (r_s // G < TT) & (base + r_s // G < hi)
+            gate = gl.load(gates + (t_c * HQ + h * G + r_s % G) * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
+        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+        p = gl.exp2(s * scale2 - lse2[:, None])
+        if (base < open_lo) | (base > open_hi):
+            t_rel = base + r_s // G
+            vis_lo, vis_hi = _visible_limits(t_rel, (r_s // G < TT) & (t_rel < hi), MODE, CL, CS, W)
+            p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
+        if C >= 0:
+            dp = dp * gate[:, None]
+            p_smem.store((p * gate[:, None]).to(dtype))
+        else:
+            p_smem.store(p.to(dtype))
+        ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
+        fence_async_shared()
+        gl.thread_barrier()
+        dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
+        dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
+        dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
+    async_copy.wait_group(0)
+
+    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
+    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
+    row = split.to(gl.int64) * nk_total + (kbos + k0 + n_out).to(gl.int64)
+    offs = row[:, None] * (HKV * D) + h * D + d_out[None, :]
+    ok = (k0 + n_out < nks)[:, None]
+    dk_acc = dk_acc * scale
+    if ACCUMULATE:
+        dk_acc += gl.load(dk + offs, mask=ok, other=0.0)
+        dv_acc += gl.load(dv + offs, mask=ok, other=0.0)
+    gl.store(dk + offs, dk_acc, mask=ok)
+    gl.store(dv + offs, dv_acc, mask=ok)
