@@ -472,12 +472,14 @@ def branch_fwd(
     num_stages: int = 2,
     maxnreg: int | None = None,
     asynchronous: bool = False,
+    async_block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     ``plan`` holds the varlen tables of :mod:`nsa_kernels.index` (tile table for ``block_m``, key
     offsets, and for ``SLC`` the block indices and their per-tile union). ``asynchronous``: the Gluon kernel of
-    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`).
+    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping
+    over ``async_block_n`` keys.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -496,7 +498,7 @@ def branch_fwd(
     if gluon_kernel:
         gluon_kernel[(tile_seq.numel(), HKV)](
             q, k, v, o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale * LOG2E, HQ=HQ, HKV=HKV, G=G,
-            D=D, BM=BM, BN=64, MODE=mode, CL=geometry["compress_block"], CS=geometry["compress_stride"],
+            D=D, BM=BM, BN=async_block_n, MODE=mode, CL=geometry["compress_block"], CS=geometry["compress_stride"],
             W=geometry["window"], num_warps=num_warps,
         )  # fmt: skip
         return o, lse
@@ -538,6 +540,7 @@ def branch_bwd(
     async_dq: bool = False,
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
+    async_block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -554,7 +557,7 @@ def branch_bwd(
     kernels multiply each dO row by the gate.
     ``maxnreg`` caps the registers per thread of both kernels. ``async_dq`` / ``async_dkv``: the Gluon kernels of
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where they apply (see :func:`async_kernel`);
-    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel.
+    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel, ``async_block_n`` the keys per step of the Gluon dQ.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -577,8 +580,8 @@ def branch_bwd(
     if tile_seq.numel() and dq_kernel:
         dq_kernel[(tile_seq.numel(), HKV)](
             q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out, plan["cu_seqlens"], cu_keys,
-            tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=64, MODE=mode, C=C,
-            CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq, num_warps=num_warps,
+            tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode,
+            C=C, CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq, num_warps=num_warps,
         )  # fmt: skip
     elif tile_seq.numel():
         branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](

@@ -156,7 +156,8 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
     tune = TUNING[name]
     kwargs = {key: value for key, value in tune.items() if not key.startswith("async")}
     kernels = set(tune.get("async", ())) if async_applies(q) else set()
-    rows = {"block_m": tune.get("async_block_m", 64), "num_warps": tune.get("async_num_warps", 4)}
+    rows = {"block_m": tune.get("async_block_m", 64), "num_warps": tune.get("async_num_warps", 4),
+            "async_block_n": tune.get("async_block_n", 64)}  # fmt: skip
     if phase == "fwd" and "fwd" in kernels:
         kwargs.update(rows, asynchronous=True)
     if phase == "bwd" and "dq" in kernels:
