@@ -221,8 +221,9 @@ def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, 
                      NSAConfig(compress_stride=32, window=100), {"cmp_dkv": {"span": 300}},
                      id="G7-stride32-window100-token-chunks"),
         pytest.param(2000, 2, 7, 128, None, False, torch.bfloat16, VIDEONSA,
-                     {"async_block_m": 128, "async_num_warps": 8, "async_dkv_block_m": 64, "async_dkv_num_warps": 4},
-                     id="G7-128-row-forward-dQ-64-row-dKdV"),
+                     {"async_block_m": 128, "async_num_warps": 8, "async_block_n": 64, "async_dkv_block_m": 64,
+                      "async_dkv_num_warps": 4},
+                     id="G7-128-rows-64-keys-forward-dQ-64-row-dKdV"),
     ],
 )  # fmt: skip
 def test_async_compression_window_flash_attention_rule(

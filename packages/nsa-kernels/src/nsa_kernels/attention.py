@@ -472,7 +472,7 @@ def branch_fwd(
     num_stages: int = 2,
     maxnreg: int | None = None,
     asynchronous: bool = False,
-    async_block_n: int = 64,
+    async_block_n: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -540,7 +540,7 @@ def branch_bwd(
     async_dq: bool = False,
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
-    async_block_n: int = 64,
+    async_block_n: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 

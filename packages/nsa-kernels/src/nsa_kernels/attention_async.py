@@ -3,8 +3,8 @@ arguments and outputs as the ``CMP`` / ``SWD`` modes of :mod:`nsa_kernels.attent
 readable versions and the ones the CPU interpreter runs.
 
 - Forward and dQ (query-outer): a program holds one query tile (``BM // G`` tokens × the G heads of a KV head) in
-  shared memory and copies the keys of step j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps P in
-  registers as the A operand of P·V, the dQ kernel does the same with dS for dS·K.
+  shared memory and copies the ``BN`` keys of step j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps
+  P in registers as the A operand of P·V, the dQ kernel does the same with dS for dS·K.
 - dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
   next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q.
 
@@ -14,7 +14,7 @@ applied only on the steps that need it (an int32 compare against per-row limits)
 copies whose products vanish, as in :mod:`nsa_kernels.selection_async`.
 
 Limits (the launchers fall back to the Triton kernels otherwise): compute capability 9.x, 16-bit inputs, a D tile of
-64 or 128 equal to D, ``BM`` a multiple of 64 and 64 keys per step.
+64 or 128 equal to D, ``BM`` a multiple of 64, and 64-key tiles for dK/dV.
 
 Shape legend as in :mod:`nsa_kernels.attention`.
 """

@@ -51,6 +51,7 @@ TUNING = {
         "async": ["fwd", "dq", "dkv"],
         "async_block_m": 64,
         "async_num_warps": 4,
+        "async_block_n": 32,
         "async_dkv_block_m": 128,
         "async_dkv_num_warps": 8,
     },
@@ -85,6 +86,7 @@ TUNING = {
         "async": ["fwd", "dq", "dkv"],
         "async_block_m": 64,
         "async_num_warps": 4,
+        "async_block_n": 32,
         "async_dkv_block_m": 128,
         "async_dkv_num_warps": 8,
     },
@@ -102,7 +104,8 @@ TUNING = {
 
 ``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
 (:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
-warps (forward, dQ) and ``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); elsewhere the
+warps and ``async_block_n`` keys per step (forward, dQ), and ``async_dkv_block_m`` query rows per step on
+``async_dkv_num_warps`` (dK/dV); elsewhere the
 Triton kernels run with ``block_m`` / ``num_warps``.
 ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
@@ -157,7 +160,7 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
     kwargs = {key: value for key, value in tune.items() if not key.startswith("async")}
     kernels = set(tune.get("async", ())) if async_applies(q) else set()
     rows = {"block_m": tune.get("async_block_m", 64), "num_warps": tune.get("async_num_warps", 4),
-            "async_block_n": tune.get("async_block_n", 64)}  # fmt: skip
+            "async_block_n": tune.get("async_block_n", 32)}  # fmt: skip
     if phase == "fwd" and "fwd" in kernels:
         kwargs.update(rows, asynchronous=True)
     if phase == "bwd" and "dq" in kernels:
