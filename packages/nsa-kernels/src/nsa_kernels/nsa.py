@@ -105,8 +105,7 @@ TUNING = {
 ``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
 (:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
 warps and ``async_block_n`` keys per step (forward, dQ), and ``async_dkv_block_m`` query rows per step on
-``async_dkv_num_warps`` (dK/dV); elsewhere the
-Triton kernels run with ``block_m`` / ``num_warps``.
+``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``.
 ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
