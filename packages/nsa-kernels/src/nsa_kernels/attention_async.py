@@ -26,7 +26,15 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from nsa_kernels.selection_async import _copy_block, _copy_rows, _gather_layout, _mma_layout
+from nsa_kernels.selection_async import (
+    _copy_block,
+    _copy_rows,
+    _gather_layout,
+    _issue_scores,
+    _mma_layout,
+    _softmax_rows,
+    _stage_p_ds,
+)
 
 LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -36,6 +44,14 @@ def _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid):
     # the tile's first token, its sequence's token bounds and first key
     seq = gl.load(tile_seq + pid)
     return gl.load(tile_start + pid), gl.load(cu_seqlens + seq), gl.load(cu_seqlens + seq + 1), gl.load(cu_keys + seq)
+
+
+@gluon.jit
+def _tile_rows(first, end, r, G: gl.constexpr, TT: gl.constexpr):
+    # rows r = token slot · G + head of a step whose first token is first: each row's token, and whether it lies
+    # in the step's TT tokens and before end
+    t = first + r // G
+    return t, (r // G < TT) & (t < end)
 
 
 @gluon.jit
@@ -107,14 +123,13 @@ def branch_fwd_kernel_attn_async(
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
-    t_g = (t0 + r_g // G).to(gl.int64)
-    _copy_rows(q, q_smem, t_g, h * G + r_g % G, (r_g // G < TT) & (t_g < eos), d, HQ, D)
+    t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
+    _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    t_s = t0 + r_s // G
-    row_ok = (r_s // G < TT) & (t_s < eos)
+    t_s, row_ok = _tile_rows(t0, eos, r_s, G, TT)
     vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
     l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, S_L))
@@ -151,8 +166,8 @@ def branch_fwd_kernel_attn_async(
     gl.thread_barrier()
     q_smem.store(out.to(dtype))
     gl.thread_barrier()
-    rows = (t_g * HQ + h * G + r_g % G)[:, None] * D + d[None, :]
-    gl.store(o + rows, q_smem.load(GATHER), mask=((r_g // G < TT) & (t_g < eos))[:, None])
+    rows = (t_g.to(gl.int64) * HQ + h * G + r_g % G)[:, None] * D + d[None, :]
+    gl.store(o + rows, q_smem.load(GATHER), mask=ok_g[:, None])
 
 
 @gluon.jit
@@ -183,16 +198,14 @@ def branch_bwd_kernel_dq_async(
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
-    t_g = (t0 + r_g // G).to(gl.int64)
-    ok_g = (r_g // G < TT) & (t_g < eos)
-    _copy_rows(q, q_smem, t_g, h * G + r_g % G, ok_g, d, HQ, D)
-    _copy_rows(do, do_smem, t_g, h * G + r_g % G, ok_g, d, HQ, D)
+    t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
+    _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
+    _copy_rows(do, do_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    t_s = t0 + r_s // G
-    row_ok = (r_s // G < TT) & (t_s < eos)
+    t_s, row_ok = _tile_rows(t0, eos, r_s, G, TT)
     rows_s = t_s * HQ + h * G + r_s % G
     vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
     lse_row = gl.load(lse + rows_s, mask=row_ok, other=float("-inf"))
@@ -226,13 +239,12 @@ def branch_bwd_kernel_dq_async(
 
     r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
     d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))
-    t_o = t0 + r_o // G
-    ok_o = ((r_o // G < TT) & (t_o < eos))[:, None]
+    t_o, ok_o = _tile_rows(t0, eos, r_o, G, TT)
     offs = (t_o.to(gl.int64) * HQ + h * G + r_o % G)[:, None] * D + d_o[None, :]
     acc = acc * scale
     if ACCUMULATE:
-        acc += gl.load(dq + offs, mask=ok_o, other=0.0)
-    gl.store(dq_out + offs, acc.to(dq_out.dtype.element_ty), mask=ok_o)
+        acc += gl.load(dq + offs, mask=ok_o[:, None], other=0.0)
+    gl.store(dq_out + offs, acc.to(dq_out.dtype.element_ty), mask=ok_o[:, None])
 
 
 @gluon.jit
@@ -240,12 +252,12 @@ def _copy_token_step(q, do, lse, delta, q_buf, do_buf, lse_buf, delta_buf, bos, 
                      G: gl.constexpr, TT: gl.constexpr, HQ: gl.constexpr, D: gl.constexpr):  # fmt: skip
     # start the copies of the query, dO, LSE and delta rows of the tokens [base, base + TT) ∩ [.., hi) (relative to
     # the sequence), zeros past hi, as one commit group
-    ok = (r_g // G < TT) & (base + r_g // G < hi)
-    t = (bos + base + r_g // G).to(gl.int64)
+    t_rel, ok = _tile_rows(base, hi, r_g, G, TT)
+    t = (bos + t_rel).to(gl.int64)
     _copy_rows(q, q_buf, t, h * G + r_g % G, ok, d, HQ, D)
     _copy_rows(do, do_buf, t, h * G + r_g % G, ok, d, HQ, D)
-    ok_r = (r_rows // G < TT) & (base + r_rows // G < hi)
-    row = (bos + base + r_rows // G).to(gl.int64) * HQ + h * G + r_rows % G
+    t_rows, ok_r = _tile_rows(base, hi, r_rows, G, TT)
+    row = (bos + t_rows).to(gl.int64) * HQ + h * G + r_rows % G
     async_copy.async_copy_global_to_shared(lse_buf, lse + row, mask=ok_r)
     async_copy.async_copy_global_to_shared(delta_buf, delta + row, mask=ok_r)
     async_copy.commit_group()
@@ -332,31 +344,20 @@ def branch_bwd_kernel_dkv_async(
         fence_async_shared()
         q_buf = q_smem.index(i % 2)
         do_buf = do_smem.index(i % 2)
-        s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
-                          is_async=True)  # fmt: skip
-        dp = warpgroup_mma(do_buf, v_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
-                           is_async=True)  # fmt: skip
-        lse_row = lse_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
-        lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
-        delta_row = delta_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
+        lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
-            t_c = bos + base + r_s // G
-            ok_c = (r_s // G < TT) & (base + r_s // G < hi)
-            gate = gl.load(gates + (t_c * HQ + h * G + r_s % G) * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
+            t_c, ok_c = _tile_rows(base, hi, r_s, G, TT)
+            gate = gl.load(gates + ((bos + t_c) * HQ + h * G + r_s % G) * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
+        else:
+            gate = None
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
         p = gl.exp2(s * scale2 - lse2[:, None])
         if (base < open_lo) | (base > open_hi):
-            t_rel = base + r_s // G
-            vis_lo, vis_hi = _visible_limits(t_rel, (r_s // G < TT) & (t_rel < hi), MODE, CL, CS, W)
+            t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
+            vis_lo, vis_hi = _visible_limits(t_rel, ok_rel, MODE, CL, CS, W)
             p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
-        if C >= 0:
-            dp = dp * gate[:, None]
-            p_smem.store((p * gate[:, None]).to(dtype))
-        else:
-            p_smem.store(p.to(dtype))
-        ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
-        fence_async_shared()
-        gl.thread_barrier()
+        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
         dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])

@@ -43,17 +43,22 @@ BRANCHES = ("cmp", "slc", "swd")
 GEOMETRY_KEYS = (
     "compress_block", "compress_stride", "select_block", "num_selected", "forced_initial", "forced_local", "window",
 )  # fmt: skip
+ASYNC_BRANCH = {
+    "async": ("fwd", "dq", "dkv"),
+    "async_block_m": 64,
+    "async_num_warps": 4,
+    "async_block_n": 32,
+    "async_dkv_block_m": 128,
+    "async_dkv_num_warps": 8,
+}
+"""The Gluon settings of the compression and window branches (``TUNING["cmp"]`` / ``["swd"]``); an entry that leaves
+out an ``async_*`` launch parameter gets it from here, one without ``async`` runs no Gluon kernel."""
 TUNING = {
     "cmp": {
         "block_m": 64,
         "num_warps": 4,
         "num_stages": 2,
-        "async": ["fwd", "dq", "dkv"],
-        "async_block_m": 64,
-        "async_num_warps": 4,
-        "async_block_n": 32,
-        "async_dkv_block_m": 128,
-        "async_dkv_num_warps": 8,
+        **ASYNC_BRANCH,
     },
     "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 4096},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
@@ -83,12 +88,7 @@ TUNING = {
         "block_m": 64,
         "num_warps": 4,
         "num_stages": 2,
-        "async": ["fwd", "dq", "dkv"],
-        "async_block_m": 64,
-        "async_num_warps": 4,
-        "async_block_n": 32,
-        "async_dkv_block_m": 128,
-        "async_dkv_num_warps": 8,
+        **ASYNC_BRANCH,
     },
     "topk": {
         "block_m": 64,
@@ -155,18 +155,20 @@ def _phase_tuning(phase: str) -> dict:
 def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
     """``TUNING[name]`` as keyword arguments of ``branch_fwd`` (``phase`` "fwd") or ``branch_bwd`` ("bwd"): the
     ``async_*`` launch parameters replace the Triton ones for the Gluon kernels that apply."""
-    tune = TUNING[name]
-    kwargs = {key: value for key, value in tune.items() if not key.startswith("async")}
-    kernels = set(tune.get("async", ())) if async_applies(q) else set()
-    rows = {"block_m": tune.get("async_block_m", 64), "num_warps": tune.get("async_num_warps", 4),
-            "async_block_n": tune.get("async_block_n", 32)}  # fmt: skip
+    kwargs = {key: value for key, value in TUNING[name].items() if not key.startswith("async")}
+    kernels = set(TUNING[name].get("async", ())) if async_applies(q) else set()
+    tune = {**ASYNC_BRANCH, **TUNING[name]}
+    rows = {
+        "block_m": tune["async_block_m"],
+        "num_warps": tune["async_num_warps"],
+        "async_block_n": tune["async_block_n"],
+    }
     if phase == "fwd" and "fwd" in kernels:
         kwargs.update(rows, asynchronous=True)
     if phase == "bwd" and "dq" in kernels:
         kwargs.update(rows, async_dq=True)
     if phase == "bwd" and "dkv" in kernels:
-        kwargs.update(dkv_block_m=tune.get("async_dkv_block_m", 128), dkv_num_warps=tune.get("async_dkv_num_warps", 8),
-                      async_dkv=True)  # fmt: skip
+        kwargs.update(dkv_block_m=tune["async_dkv_block_m"], dkv_num_warps=tune["async_dkv_num_warps"], async_dkv=True)
     return kwargs
 
 

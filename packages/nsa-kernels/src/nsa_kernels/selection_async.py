@@ -119,6 +119,34 @@ def _prefetch_l2(ptrs, ok, fallback):
 
 
 @gluon.jit
+def _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr):
+    # start S = Q·Kᵀ and dP = dO·Vᵀ of one backward step, [BM, BN] fp32 each in layout S_L
+    zeros = gl.zeros([BM, BN], gl.float32, S_L)
+    s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), zeros, use_acc=False, is_async=True)
+    return s, warpgroup_mma(do_buf, v_smem.permute((1, 0)), zeros, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _softmax_rows(lse_buf, delta_buf, layout: gl.constexpr):
+    # one step's base-2 LSE rows (+inf for rows without keys, so their P is 0) and delta rows, from shared memory
+    lse_row = lse_buf.load(layout)
+    return gl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634), delta_buf.load(layout)
+
+
+@gluon.jit
+def _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype: gl.constexpr):
+    # P and dS = P·(dP - delta) of one step into shared memory for the dV / dK MMAs, rows times gate unless it is None
+    if gate is not None:
+        dp = dp * gate[:, None]
+        p_smem.store((p * gate[:, None]).to(dtype))
+    else:
+        p_smem.store(p.to(dtype))
+    ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
+    fence_async_shared()
+    gl.thread_barrier()
+
+
+@gluon.jit
 def slc_fwd_kernel_block_async(
     q, k, v, o_part, lse_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row, item_lo, item_hi, NB, e_base, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
@@ -243,29 +271,19 @@ def slc_bwd_kernel_block_async(
         fence_async_shared()
         q_buf = q_smem.index(i % 2)
         do_buf = do_smem.index(i % 2)
-        s = warpgroup_mma(q_buf, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
-                          is_async=True)  # fmt: skip
-        dp = warpgroup_mma(do_buf, v_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L), use_acc=False,
-                           is_async=True)  # fmt: skip
-        lse_row = lse_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
-        lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * 1.4426950408889634)
-        delta_row = delta_smem.index(i % 2).load(gl.SliceLayout(1, S_L))
+        s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
+        lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
             ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
             gate = gl.load(gates + (t_g * HQ + h * G + g_g) * 3 + C, mask=ok_g, other=0.0).to(gl.float32)
+        else:
+            gate = None
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
         p = gl.exp2(s * scale2 - lse2[:, None])
         if base < masked:
             ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
             p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
-        if C >= 0:
-            dp = dp * gate[:, None]
-            p_smem.store((p * gate[:, None]).to(dtype))
-        else:
-            p_smem.store(p.to(dtype))
-        ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
-        fence_async_shared()
-        gl.thread_barrier()
+        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
 
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
