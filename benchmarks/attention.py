@@ -269,11 +269,12 @@ def topn_rows(T: int) -> list[dict]:
     plan = nsa._plan(cu, HQ, HKV, geometry, nsa.TUNING["topk"]["block_m"])
     qd = q.detach()[0]
     rows = []
-    for pad in (True, False):
-        fn = lambda pad=pad: select_fwd(  # noqa: E731
-            qd, k_cmp, lse, plan=plan, scale=D**-0.5, geometry=geometry, pad_heads=pad
+    for pad, asynchronous in ((True, True), (True, False), (False, False)):
+        fn = lambda pad=pad, asynchronous=asynchronous: select_fwd(  # noqa: E731
+            qd, k_cmp, lse, plan=plan, scale=D**-0.5, geometry=geometry, pad_heads=pad, asynchronous=asynchronous
         )
-        rows.append({"T": T, "part": f"select_fwd (importance + top-n) pad_heads={pad}", "fwd": bench(fn)})
+        part = f"select_fwd (importance + top-n) pad_heads={pad} asynchronous={asynchronous}"
+        rows.append({"T": T, "part": part, "fwd": bench(fn)})
     scores = torch.rand(T, HKV, T // 64, device="cuda", generator=gen)
     t_rel = torch.arange(T, device="cuda")
     for r, warps in ((1, 4), (4, 8), (8, 8), (2, 4)):

@@ -75,7 +75,8 @@ def compiled_kernels() -> list[dict]:
     import triton
 
     rows = []
-    for module_name in ("attention", "attention_async", "selection", "selection_async", "topk", "combine", "pool"):
+    modules = ("attention", "attention_async", "selection", "selection_async", "topk", "topk_async", "combine", "pool")
+    for module_name in modules:
         module = importlib.import_module(f"nsa_kernels.{module_name}")
         for name, fn in vars(module).items():
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):

@@ -253,3 +253,40 @@ def test_triton_compression_window_kernels_flash_attention_rule(monkeypatch):
     for name in ("cmp", "swd"):
         monkeypatch.setitem(nsa.TUNING, name, {**nsa.TUNING[name], "async": []})
     test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("T", "HKV", "G", "D", "cu", "dtype", "config", "launch"),
+    [
+        pytest.param(3001, 2, 7, 128, [0, 1400, 3001], torch.bfloat16, VIDEONSA, {}, id="G7-varlen"),
+        pytest.param(1531, 2, 1, 128, None, torch.float16, VIDEONSA, {}, id="G1-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], torch.bfloat16, VIDEONSA, {}, id="G16-D64-varlen-63"),
+        pytest.param(2000, 2, 3, 128, None, torch.bfloat16, NSAConfig(compress_stride=32), {},
+                     id="G3-stride32-overlap-weights"),
+        pytest.param(1000, 2, 7, 128, [0, 1, 1000], torch.bfloat16, VIDEONSA,
+                     {"async_block_m": 64, "async_num_warps": 8, "async_block_n": 32}, id="G7-64-rows-8-warps-32-keys"),
+    ],
+)  # fmt: skip
+def test_async_importance_matches_triton_kernel(T, HKV, G, D, cu, dtype, config, launch, poison_empty, monkeypatch):
+    """The Hopper importance kernel (rows permuted so that the head sum is mostly in-thread) gives the Triton kernel's
+    scores up to the order of the fp32 head sum, the same top-n, and a forward/backward within the FlashAttention rule;
+    the Triton scores kernel is made unusable for it, so a silent fallback fails the test. Without returned scores the
+    score buffer is left uninitialised (NaN here), and the output must not change."""
+    from nsa_kernels import backend, nsa, topk
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the asynchronous importance kernel is built for compute capability 9.x")
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device="cuda")
+    q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
+    monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], "asynchronous": False})
+    with torch.no_grad():
+        _, want = _forward(q, k, v, g, config, cu_seqlens)
+    monkeypatch.setitem(nsa.TUNING, "topk", {**nsa.TUNING["topk"], "asynchronous": True, **launch})
+    monkeypatch.setattr(topk, "topk_fwd_kernel_scores", None)
+    with torch.no_grad():
+        o, got = _forward(q, k, v, g, config, cu_seqlens)
+        o_without_scores = backend.forward(q, k, v, g, config, cu_seqlens=cu_seqlens)
+    torch.testing.assert_close(got.block_scores, want.block_scores, rtol=2e-5, atol=1e-7)
+    assert (got.block_indices == want.block_indices).float().mean() > 0.999
+    assert torch.equal(o_without_scores, o)
+    _assert_flash_attention_rule(q, k, v, g, config, cu)

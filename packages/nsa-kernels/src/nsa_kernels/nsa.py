@@ -97,6 +97,10 @@ TUNING = {
         "block_n": 64,
         "select_warps": 0,
         "chunk_elems": CHUNK_ELEMS,
+        "asynchronous": True,
+        "async_block_m": 128,
+        "async_num_warps": 4,
+        "async_block_n": 64,
     },
     "pregate": {"cmp": True, "slc": True, "swd": True},
 }
@@ -115,8 +119,10 @@ D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's q
 current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together
 (fewer read-and-rewrite passes over the fp32 dK/dV). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block
 kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's
-query-row buffers (rows copied that many steps minus one ahead). ``pregate``: the combine backward writes the gated
-dO of a branch once (not per row).
+query-row buffers (rows copied that many steps minus one ahead). ``topk`` launches the importance and top-n kernels
+(:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance kernel of
+:mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine backward writes
+the gated dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}

@@ -285,16 +285,17 @@ def slc_bwd_kernel_block_async(
             p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
         _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
 
+        dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
-        dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
         ok_dq, e_dq, _, g_dq = _step_rows(csr_ent, base, hi, r_gather, G, TT, HKV, S)
         dq_offs = ((e_dq - e_base) * G + g_dq)[:, None] * D + d[None, :]
-        dv_acc, dk_acc, dq = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc, dq])
+        dq = warpgroup_mma_wait(2, deps=[dq])
         gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
                  mask=ok_dq[:, None])  # fmt: skip
+        dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     async_copy.wait_group(0)
 
     n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))

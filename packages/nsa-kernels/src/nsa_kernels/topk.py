@@ -214,6 +214,19 @@ def select_topk(
     return out
 
 
+def _scores_kernel(wanted: bool, q: torch.Tensor, G: int, block_m: int):
+    """The Gluon scores kernel of :mod:`nsa_kernels.topk_async` if ``wanted`` and it covers the call, else None."""
+    if not wanted or triton.next_power_of_2(G) > 16:
+        return None
+    from nsa_kernels import selection_async
+
+    if not selection_async.async_supported(q, q.shape[-1], q.shape[-1], 64, block_m):
+        return None
+    from nsa_kernels import topk_async
+
+    return topk_async.topk_fwd_kernel_scores_async
+
+
 def select_fwd(
     q: torch.Tensor,
     k_cmp: torch.Tensor,
@@ -231,6 +244,10 @@ def select_fwd(
     select_warps: int = 4,
     block_n: int = 64,
     chunk_elems: int = CHUNK_ELEMS,
+    asynchronous: bool = True,
+    async_block_m: int = 128,
+    async_num_warps: int = 4,
+    async_block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n blocks ``[N, HKV, n]`` (int32, ascending, -1 padded) and optionally the scores ``[N, HKV, NS]``.
 
@@ -238,14 +255,19 @@ def select_fwd(
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
     can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages``
-    its launch. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
+    its launch. ``asynchronous``: with padded heads, the Gluon kernel of :mod:`nsa_kernels.topk_async` computes the
+    scores where it applies (Hopper), with ``async_block_m`` rows on ``async_num_warps`` warps and ``async_block_n``
+    keys per step. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
     selection launch per chunk).
     """
     N, HQ, D = q.shape
     HKV = k_cmp.shape[1]
     G = HQ // HKV
-    BM = max(block_m, triton.next_power_of_2(G), 16)
     GP = triton.next_power_of_2(G) if pad_heads else G
+    kernel = _scores_kernel(asynchronous and pad_heads, q, G, async_block_m)
+    if kernel is not None:
+        block_m, num_warps, block_n = async_block_m, async_num_warps, async_block_n
+    BM = max(block_m, triton.next_power_of_2(G), 16)
     TT = BM // GP
     cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
     lens = plan["lens"]
@@ -277,12 +299,16 @@ def select_fwd(
         t_hi = N if hi == tile_seq.numel() else tile_first_token(lens, tile_tt, hi)
         alloc = torch.empty if identity and not return_scores else torch.zeros
         buf = alloc(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
-        topk_fwd_kernel_scores[(hi - lo, HKV)](
-            q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp,
-            HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
-            TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP, num_warps=num_warps,
-            num_stages=num_stages,
-        )  # fmt: skip
+        args = (q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp)
+        if kernel is not None:
+            kernel[(hi - lo, HKV)](*args, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=block_n, CL=CL, CS=CS, GP=GP,
+                                   num_warps=num_warps)  # fmt: skip
+        else:
+            topk_fwd_kernel_scores[(hi - lo, HKV)](
+                *args, HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
+                TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP,
+                num_warps=num_warps, num_stages=num_stages,
+            )  # fmt: skip
         visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
         select["num_warps"] = select_warps or max(1, min(4, triton.next_power_of_2(visible) // 512))
         if identity:
