@@ -9,9 +9,11 @@ while step i runs its warpgroup MMAs.
 - Forward: S = Q·Kᵀ and O = P·V. The copies are addressed by CSR entries loaded a step earlier, P stays in
   registers as the A operand of the PV product, and the output tile is staged through the step's query buffer so
   that it is stored in 16-byte row pieces. 64 KB of shared memory and 168 registers: 3 CTAs per SM.
-- Backward: S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q and the dQ partial dS·K. The step's LSE and delta rows
+- Backward: S = Q·Kᵀ, dP = dO·Vᵀ, the dQ partial dS·K, dV += Pᵀ·dO and dK += dSᵀ·Q. The step's LSE and delta rows
   are copied with its query/dO rows; P and dS go through shared memory, where the MMAs read them transposed; the dQ
-  tile is converted to a row layout for 16-byte stores; the L2 is asked ahead for the CSR entries three steps on.
+  tile is converted to a row layout for 16-byte stores while dV/dK run, and those are waited for only once the next
+  step's S/dP are issued (then that step's rows go out to the freed buffer); the L2 is asked ahead for the CSR entries
+  three steps on.
 - Both apply the causal/sequence key mask only on the steps that need it (the block's own tokens come first in its
   CSR list); rows past the item are zero-filled copies whose products vanish.
 
@@ -27,7 +29,12 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
 
 from nsa_kernels.selection import (
     _block_softmax,
@@ -257,21 +264,22 @@ def slc_bwd_kernel_block_async(
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
     key_limit = gl.where(n_s < SB, (eos - bos - k0).to(gl.int32), 0)
     masked = lo + _masked_entries(csr_ent, lo, hi, k0, bos, eos, n_s, HKV, S, SB, BN)
-    dk_acc = gl.zeros([BN, D], gl.float32, DKV_L)
-    dv_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
+    dv_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
-        gl.thread_barrier()
-        _copy_softmax_rows(lse, delta, lse_smem.index((i + 1) % 2), delta_smem.index((i + 1) % 2), csr_ent, base + TT,
-                           hi, h, r_rows, G, TT, HQ, HKV, S)  # fmt: skip
-        _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
-                   r_gather, d, G, TT, HQ, HKV, S, D, True)  # fmt: skip
-        async_copy.wait_group(1)
+        async_copy.wait_group(0)
         gl.thread_barrier()
         fence_async_shared()
         q_buf = q_smem.index(i % 2)
         do_buf = do_smem.index(i % 2)
         s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
+        dv_acc, dk_acc = warpgroup_mma_wait(2, deps=[dv_acc, dk_acc])
+        gl.thread_barrier()
+        _copy_softmax_rows(lse, delta, lse_smem.index((i + 1) % 2), delta_smem.index((i + 1) % 2), csr_ent, base + TT,
+                           hi, h, r_rows, G, TT, HQ, HKV, S)  # fmt: skip
+        _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
+                   r_gather, d, G, TT, HQ, HKV, S, D, True)  # fmt: skip
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
             ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
@@ -295,7 +303,7 @@ def slc_bwd_kernel_block_async(
         dq = warpgroup_mma_wait(2, deps=[dq])
         gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
                  mask=ok_dq[:, None])  # fmt: skip
-        dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
+    dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     async_copy.wait_group(0)
 
     n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
