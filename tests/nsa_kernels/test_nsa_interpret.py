@@ -222,6 +222,10 @@ def test_bad_arguments_raise_value_error():
         nsa_func(q, k, v, g, branches=("dense",))
     with pytest.raises(ValueError, match=r"scale=-0\.5 must be a positive"):
         nsa_func(q, k, v, g, scale=-0.5)
+    T = 2**24
+    huge_q, huge_kv, huge_g = (torch.zeros(1, 1, h, 16).expand(1, T, h, 16) for h in (7, 1, 7))
+    with pytest.raises(ValueError, match=r"reaches 2\^31.*fewer than 16777216"):
+        nsa_func(huge_q, huge_kv, huge_kv, huge_g[..., :3], num_selected=128)
 
 
 def test_triton_backend_is_registered():

@@ -577,6 +577,12 @@ def nsa_func(
         raise ValueError(f"select_block={select_block} is above the supported 128")
     if D > 256:
         raise ValueError(f"head dim D={D} is above the supported 256")
+    rows = B * T * max(HQ, HKV * num_selected)
+    if rows >= 2**31:
+        raise ValueError(
+            f"B·T·max(HQ, HKV·num_selected) = {rows} reaches 2^31, past the int32 row and selection offsets of the "
+            f"kernels; split the {B * T} tokens into calls of fewer than {2**31 // (rows // (B * T))}"
+        )
     if unknown := set(branches) - set(BRANCHES):
         raise ValueError(f"branches has unknown names {sorted(unknown)}; use a subset of {BRANCHES}")
     geometry = [compress_block, compress_stride, select_block, num_selected, forced_initial, forced_local, window]
