@@ -96,7 +96,7 @@ def _head_sum(p, VIEW: gl.constexpr, AXES: gl.constexpr, TT: gl.constexpr, BN: g
 
 
 @gluon.jit
-def _copy_keys(k, buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, D: gl.constexpr):
+def _copy_compressed_keys(k, buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, D: gl.constexpr):
     # start the copy of the compressed keys [key0, key0 + BN) ∩ [.., end) (zeros past end) as one commit group
     offs = (kbos + key0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
     async_copy.async_copy_global_to_shared(buf, k + offs, mask=(key0 + n < end)[:, None])
@@ -130,7 +130,7 @@ def topk_fwd_kernel_scores_async(
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     tok_g, head_g = _split_rows(gl.arange(0, BM, gl.SliceLayout(1, GATHER)), HEAD_W, TOKEN_W)
     _copy_rows(q, q_smem, (t0 + tok_g).to(gl.int64), h * G + head_g, (head_g < G) & (t0 + tok_g < eos), d, HQ, D)
-    _copy_keys(k_cmp, k_smem.index(0), kbos, start, end, h, n, d, HKV, D)
+    _copy_compressed_keys(k_cmp, k_smem.index(0), kbos, start, end, h, n, d, HKV, D)
 
     tok_s, head_s = _split_rows(gl.arange(0, BM, gl.SliceLayout(1, S_L)), HEAD_W, TOKEN_W)
     t_s = t0 + tok_s
@@ -145,7 +145,7 @@ def topk_fwd_kernel_scores_async(
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
         gl.thread_barrier()
-        _copy_keys(k_cmp, k_smem.index((j + 1) % 2), kbos, key0 + BN, end, h, n, d, HKV, D)
+        _copy_compressed_keys(k_cmp, k_smem.index((j + 1) % 2), kbos, key0 + BN, end, h, n, d, HKV, D)
         async_copy.wait_group(1)
         gl.thread_barrier()
         fence_async_shared()
