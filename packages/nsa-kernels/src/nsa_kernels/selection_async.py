@@ -12,8 +12,8 @@ while step i runs its warpgroup MMAs.
 - Backward: S = Q·Kᵀ, dP = dO·Vᵀ, the dQ partial dS·K, dV += Pᵀ·dO and dK += dSᵀ·Q. The step's LSE and delta rows
   are copied with its query/dO rows; P and dS go through shared memory, where the MMAs read them transposed; the dQ
   tile is converted to a row layout for 16-byte stores while dV/dK run, and those are waited for only once the next
-  step's S/dP are issued (then that step's rows go out to the freed buffer); the L2 is asked ahead for the CSR entries
-  three steps on.
+  step's S/dP are issued (then that step's rows go out to the freed buffer). The CSR entries that address a step's
+  copies are loaded into registers a step earlier, and the L2 is asked for them three steps on.
 - Both apply the causal/sequence key mask only on the steps that need it (the block's own tokens come first in its
   CSR list); rows past the item are zero-filled copies whose products vanish.
 
@@ -66,10 +66,17 @@ def _gather_layout(num_warps):
 
 
 @gluon.jit
-def _step_rows(csr_ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):
-    # rows r = (token slot, head g) of the step whose first CSR entry is base: row mask, selection e, token t, g
-    ok, e, t = _entries(csr_ent, base, hi, r // G, TT, HKV, S)
+def _rows_of(ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):
+    # rows r = (token slot, head g) of the step whose first CSR entry is base, from its raw entries (loaded for the
+    # token slots r // G): row mask, selection e, token t, g
+    ok, e, t = _decode_entries(ent, base, hi, r // G, TT, HKV, S)
     return ok, e, t, r % G
+
+
+@gluon.jit
+def _step_rows(csr_ent, base, hi, r, G: gl.constexpr, TT: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):
+    # _rows_of with the entries loaded here
+    return _rows_of(_load_entries(csr_ent, base, hi, r // G, TT), base, hi, r, G, TT, HKV, S)
 
 
 @gluon.jit
@@ -80,13 +87,12 @@ def _copy_rows(x, buf, t, head, ok, d, HQ: gl.constexpr, D: gl.constexpr):
 
 
 @gluon.jit
-def _copy_step(q, do, q_buf, do_buf, csr_ent, base, hi, h, r, d, G: gl.constexpr, TT: gl.constexpr,
-               HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr, D: gl.constexpr, GRAD: gl.constexpr):  # fmt: skip
-    # start the copies of one step's query rows (and with GRAD its dO rows) as one commit group
-    ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
+def _copy_step(q, do, q_buf, do_buf, ent, base, hi, h, r, d, G: gl.constexpr, TT: gl.constexpr, HQ: gl.constexpr,
+               HKV: gl.constexpr, S: gl.constexpr, D: gl.constexpr):  # fmt: skip
+    # start the copies of one step's query and dO rows (raw entries ent) as one commit group
+    ok, _, t, g = _rows_of(ent, base, hi, r, G, TT, HKV, S)
     _copy_rows(q, q_buf, t, h * G + g, ok, d, HQ, D)
-    if GRAD:
-        _copy_rows(do, do_buf, t, h * G + g, ok, d, HQ, D)
+    _copy_rows(do, do_buf, t, h * G + g, ok, d, HQ, D)
     async_copy.commit_group()
 
 
@@ -100,11 +106,11 @@ def _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV: gl.constexpr, 
 
 
 @gluon.jit
-def _copy_softmax_rows(lse, delta, lse_buf, delta_buf, csr_ent, base, hi, h, r, G: gl.constexpr, TT: gl.constexpr,
+def _copy_softmax_rows(lse, delta, lse_buf, delta_buf, ent, base, hi, h, r, G: gl.constexpr, TT: gl.constexpr,
                        HQ: gl.constexpr, HKV: gl.constexpr, S: gl.constexpr):  # fmt: skip
-    # start the copies of one step's LSE and delta rows (zeros for rows past the item: with their zero query and dO
-    # rows, P = 1 there and every product they enter is 0)
-    ok, _, t, g = _step_rows(csr_ent, base, hi, r, G, TT, HKV, S)
+    # start the copies of one step's LSE and delta rows (raw entries ent; zeros for rows past the item: with their zero
+    # query and dO rows, P = 1 there and every product they enter is 0)
+    ok, _, t, g = _rows_of(ent, base, hi, r, G, TT, HKV, S)
     row = t * HQ + h * G + g
     async_copy.async_copy_global_to_shared(lse_buf, lse + row, mask=ok)
     async_copy.async_copy_global_to_shared(delta_buf, delta + row, mask=ok)
@@ -256,9 +262,12 @@ def slc_bwd_kernel_block_async(
     _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, n, d, HKV, SB, D)
     r_gather = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
     r_rows = gl.arange(0, BM, ROWS)
-    _copy_softmax_rows(lse, delta, lse_smem.index(0), delta_smem.index(0), csr_ent, lo, hi, h, r_rows, G, TT, HQ, HKV,
-                       S)  # fmt: skip
-    _copy_step(q, do, q_smem.index(0), do_smem.index(0), csr_ent, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D, True)
+    ent_g = _load_entries(csr_ent, lo, hi, r_gather // G, TT)
+    ent_r = _load_entries(csr_ent, lo, hi, r_rows // G, TT)
+    _copy_softmax_rows(lse, delta, lse_smem.index(0), delta_smem.index(0), ent_r, lo, hi, h, r_rows, G, TT, HQ, HKV, S)
+    _copy_step(q, do, q_smem.index(0), do_smem.index(0), ent_g, lo, hi, h, r_gather, d, G, TT, HQ, HKV, S, D)
+    next_g = _load_entries(csr_ent, lo + TT, hi, r_gather // G, TT)
+    next_r = _load_entries(csr_ent, lo + TT, hi, r_rows // G, TT)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
@@ -276,10 +285,14 @@ def slc_bwd_kernel_block_async(
         s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
         dv_acc, dk_acc = warpgroup_mma_wait(2, deps=[dv_acc, dk_acc])
         gl.thread_barrier()
-        _copy_softmax_rows(lse, delta, lse_smem.index((i + 1) % 2), delta_smem.index((i + 1) % 2), csr_ent, base + TT,
+        _copy_softmax_rows(lse, delta, lse_smem.index((i + 1) % 2), delta_smem.index((i + 1) % 2), next_r, base + TT,
                            hi, h, r_rows, G, TT, HQ, HKV, S)  # fmt: skip
-        _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), csr_ent, base + TT, hi, h,
-                   r_gather, d, G, TT, HQ, HKV, S, D, True)  # fmt: skip
+        _copy_step(q, do, q_smem.index((i + 1) % 2), do_smem.index((i + 1) % 2), next_g, base + TT, hi, h, r_gather,
+                   d, G, TT, HQ, HKV, S, D)  # fmt: skip
+        step_g = ent_g
+        ent_g = next_g
+        next_g = _load_entries(csr_ent, base + 2 * TT, hi, r_gather // G, TT)
+        next_r = _load_entries(csr_ent, base + 2 * TT, hi, r_rows // G, TT)
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
             ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
@@ -298,7 +311,7 @@ def slc_bwd_kernel_block_async(
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
-        ok_dq, e_dq, _, g_dq = _step_rows(csr_ent, base, hi, r_gather, G, TT, HKV, S)
+        ok_dq, e_dq, _, g_dq = _rows_of(step_g, base, hi, r_gather, G, TT, HKV, S)
         dq_offs = ((e_dq - e_base) * G + g_dq)[:, None] * D + d[None, :]
         dq = warpgroup_mma_wait(2, deps=[dq])
         gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
