@@ -29,9 +29,12 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from nsa_kernels.selection_async import (
     _copy_block,
     _copy_rows,
+    _dkv_buffers,
     _gather_layout,
     _issue_scores,
     _mma_layout,
+    _operand_layout,
+    _rows_layout,
     _softmax_rows,
     _stage_p_ds,
 )
@@ -109,7 +112,7 @@ def branch_fwd_kernel_attn_async(
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     O_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
@@ -183,7 +186,7 @@ def branch_bwd_kernel_dq_async(
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     DS_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=DQ_L, k_width=2)
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
@@ -297,9 +300,7 @@ def branch_bwd_kernel_dkv_async(
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
-    ROWS: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    ROWS: gl.constexpr = _rows_layout(num_warps)
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
@@ -312,14 +313,7 @@ def branch_bwd_kernel_dkv_async(
     kbos = gl.load(cu_keys + seq)
     nks = gl.load(cu_keys + seq + 1) - kbos
     lo, hi, open_lo, open_hi = _token_range(k0, bos, eos, split, TT, BN, MODE, CL, CS, W, NSPLIT, SPAN)
-    k_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
-    v_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
-    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
-    do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
-    p_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
-    ds_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
-    lse_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
+    k_smem, v_smem, q_smem, do_smem, p_smem, ds_smem, lse_smem, delta_smem = _dkv_buffers(dtype, BM, BN, D)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))

@@ -60,6 +60,18 @@ def _mma_layout(M, N, num_warps):
 
 
 @gluon.constexpr_function
+def _operand_layout():
+    # shared memory of 16-bit MMA operand tiles, 128-byte swizzled
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+@gluon.constexpr_function
+def _rows_layout(num_warps):
+    # one value per thread along a row vector (the LSE/delta rows copied for a step)
+    return gl.BlockedLayout([1], [32], [num_warps], [0])
+
+
+@gluon.constexpr_function
 def _gather_layout(num_warps):
     # rows of 16-bit elements in 8-element (16-byte: one cp.async) pieces, 8 threads per 64 columns, 4 rows per warp
     return gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
@@ -114,6 +126,23 @@ def _copy_softmax_rows(lse, delta, lse_buf, delta_buf, ent, base, hi, h, r, G: g
     row = t * HQ + h * G + g
     async_copy.async_copy_global_to_shared(lse_buf, lse + row, mask=ok)
     async_copy.async_copy_global_to_shared(delta_buf, delta + row, mask=ok)
+
+
+@gluon.jit
+def _dkv_buffers(dtype: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+    # shared memory of a key-outer backward: the K/V tile, two steps of query/dO/LSE/delta rows, one step's P and dS
+    SMEM: gl.constexpr = _operand_layout()
+    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    return (
+        gl.allocate_shared_memory(dtype, [BN, D], SMEM),
+        gl.allocate_shared_memory(dtype, [BN, D], SMEM),
+        gl.allocate_shared_memory(dtype, [2, BM, D], SMEM),
+        gl.allocate_shared_memory(dtype, [2, BM, D], SMEM),
+        gl.allocate_shared_memory(dtype, [BM, BN], SMEM),
+        gl.allocate_shared_memory(dtype, [BM, BN], SMEM),
+        gl.allocate_shared_memory(gl.float32, [2, BM], FLAT),
+        gl.allocate_shared_memory(gl.float32, [2, BM], FLAT),
+    )
 
 
 @gluon.jit
@@ -173,7 +202,7 @@ def slc_fwd_kernel_block_async(
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     O_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
@@ -241,21 +270,12 @@ def slc_bwd_kernel_block_async(
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
     DKV_L: gl.constexpr = _mma_layout(BN, D, num_warps)
-    ROWS: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    ROWS: gl.constexpr = _rows_layout(num_warps)
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0)
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
-    k_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
-    v_smem = gl.allocate_shared_memory(dtype, [BN, D], SMEM)
-    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
-    do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], SMEM)
-    p_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
-    ds_smem = gl.allocate_shared_memory(dtype, [BM, BN], SMEM)
-    lse_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [2, BM], FLAT)
+    k_smem, v_smem, q_smem, do_smem, p_smem, ds_smem, lse_smem, delta_smem = _dkv_buffers(dtype, BM, BN, D)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))

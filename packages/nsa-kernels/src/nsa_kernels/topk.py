@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_kernels.attention import _load_keys, _load_rows, _token_tile
+from nsa_kernels.attention import _load_keys, _load_rows, _token_tile, async_applies
 from nsa_kernels.index import cached, longest_prefix, positions, tile_first_token, tile_table
 
 CHUNK_ELEMS = 2**27
@@ -216,11 +216,7 @@ def select_topk(
 
 def _scores_kernel(wanted: bool, q: torch.Tensor, G: int, block_m: int):
     """The Gluon scores kernel of :mod:`nsa_kernels.topk_async` if ``wanted`` and it covers the call, else None."""
-    if not wanted or triton.next_power_of_2(G) > 16:
-        return None
-    from nsa_kernels import selection_async
-
-    if not selection_async.async_supported(q, q.shape[-1], q.shape[-1], 64, block_m):
+    if not (wanted and triton.next_power_of_2(G) <= 16 and async_applies(q, block_m)):
         return None
     from nsa_kernels import topk_async
 

@@ -25,7 +25,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from nsa_kernels.attention_async import LOG2E, _key_range, _mask_visible, _query_tile, _visible_limits
-from nsa_kernels.selection_async import _copy_rows, _gather_layout, _mma_layout
+from nsa_kernels.selection_async import _copy_rows, _gather_layout, _mma_layout, _operand_layout
 
 
 @gluon.constexpr_function
@@ -116,7 +116,7 @@ def topk_fwd_kernel_scores_async(
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     OUT_L: gl.constexpr = _score_layout(BN, num_warps)
-    SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = tile_lo + gl.program_id(0)
