@@ -479,7 +479,7 @@ def branch_fwd(
     ``plan`` holds the varlen tables of :mod:`nsa_kernels.index` (tile table for ``block_m``, key
     offsets, and for ``SLC`` the block indices and their per-tile union). ``asynchronous``: the Gluon kernel of
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping
-    over ``async_block_n`` keys.
+    over ``async_block_n`` keys; ``maxnreg`` caps the registers per thread of whichever kernel runs.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -499,7 +499,7 @@ def branch_fwd(
         gluon_kernel[(tile_seq.numel(), HKV)](
             q, k, v, o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale * LOG2E, HQ=HQ, HKV=HKV, G=G,
             D=D, BM=BM, BN=async_block_n, MODE=mode, CL=geometry["compress_block"], CS=geometry["compress_stride"],
-            W=geometry["window"], num_warps=num_warps,
+            W=geometry["window"], num_warps=num_warps, **launch_options(maxnreg),
         )  # fmt: skip
         return o, lse
     branch_fwd_kernel_attn[(tile_seq.numel(), HKV)](

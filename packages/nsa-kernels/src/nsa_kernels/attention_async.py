@@ -3,8 +3,10 @@ arguments and outputs as the ``CMP`` / ``SWD`` modes of :mod:`nsa_kernels.attent
 readable versions and the ones the CPU interpreter runs.
 
 - Forward and dQ (query-outer): a program holds one query tile (``BM // G`` tokens × the G heads of a KV head) in
-  shared memory and copies the ``BN`` keys of step j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps
-  P in registers as the A operand of P·V, the dQ kernel does the same with dS for dS·K.
+  registers as the A operand of S = Q·Kᵀ (in shared memory where ``BN == D``) and copies the ``BN`` keys of step
+  j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps P in registers as the A operand of P·V, the dQ
+  kernel does the same with dS for dS·K. Where ``BM == BN`` the forward's query tile lands in, and its output is
+  staged through, the key buffers: 64 KB of shared memory at 64 keys per step, three CTAs per SM.
 - dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
   next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q.
 
@@ -93,6 +95,26 @@ def _key_range(t0, bos, eos, TT: gl.constexpr, BN: gl.constexpr, MODE: gl.conste
     return start, end, full
 
 
+@gluon.constexpr_function
+def _query_in_registers(BN, D):
+    # whether the query tile is the register A operand of S = Q·Kᵀ. Not where BN == D: S and the output accumulator
+    # then share one layout, and Triton 3.6 computes wrong S tiles from a register operand (GPU tests, D = 64)
+    return BN != D
+
+
+@gluon.jit
+def _query_operand(q_smem, S_L: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+    # the query tile as the A operand of S = Q·Kᵀ: in registers once its copy (the commit group before the first
+    # keys') is done, or the shared memory tile itself
+    if _query_in_registers(BN, D):
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=S_L, k_width=2))
+    else:
+        q_op = q_smem
+    return q_op
+
+
 @gluon.jit
 def _copy_keys(k, v, k_buf, v_buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
     # start the copies of the keys [key0, key0 + BN) ∩ [.., end) into one buffer pair, as one commit group
@@ -119,16 +141,23 @@ def branch_fwd_kernel_attn_async(
     h = gl.program_id(1)
     t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
     start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
-    q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
     k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
     v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
+    if BM == BN and _query_in_registers(BN, D):
+        q_smem = k_smem.index(1)
+        o_smem = k_smem.index(0)
+    else:
+        q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
+        o_smem = q_smem
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
+    async_copy.commit_group()
     _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+    q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
@@ -145,7 +174,7 @@ def branch_fwd_kernel_attn_async(
         async_copy.wait_group(1)
         gl.thread_barrier()
         fence_async_shared()
-        s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+        s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s]) * scale2
         if key0 + BN > full:
@@ -167,10 +196,10 @@ def branch_fwd_kernel_attn_async(
              mask=row_ok)  # fmt: skip
     out = acc * gl.convert_layout(1.0 / l_safe, gl.SliceLayout(1, O_L))[:, None]
     gl.thread_barrier()
-    q_smem.store(out.to(dtype))
+    o_smem.store(out.to(dtype))
     gl.thread_barrier()
     rows = (t_g.to(gl.int64) * HQ + h * G + r_g % G)[:, None] * D + d[None, :]
-    gl.store(o + rows, q_smem.load(GATHER), mask=ok_g[:, None])
+    gl.store(o + rows, o_smem.load(GATHER), mask=ok_g[:, None])
 
 
 @gluon.jit
@@ -204,7 +233,9 @@ def branch_bwd_kernel_dq_async(
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_rows(do, do_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
+    async_copy.commit_group()
     _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+    q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
@@ -225,7 +256,7 @@ def branch_bwd_kernel_dq_async(
         async_copy.wait_group(1)
         gl.thread_barrier()
         fence_async_shared()
-        s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+        s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         dp = warpgroup_mma(do_smem, v_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                            use_acc=False, is_async=True)  # fmt: skip

@@ -48,6 +48,8 @@ ASYNC_BRANCH = {
     "async_block_m": 64,
     "async_num_warps": 4,
     "async_block_n": 32,
+    "async_fwd_block_n": 64,
+    "async_fwd_maxnreg": 168,
     "async_dkv_block_m": 128,
     "async_dkv_num_warps": 8,
 }
@@ -108,8 +110,9 @@ TUNING = {
 
 ``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
 (:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
-warps and ``async_block_n`` keys per step (forward, dQ), and ``async_dkv_block_m`` query rows per step on
-``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``.
+warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped
+at ``async_fwd_maxnreg`` per thread), and ``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps``
+(dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``.
 ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
@@ -170,7 +173,8 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
         "async_block_n": tune["async_block_n"],
     }
     if phase == "fwd" and "fwd" in kernels:
-        kwargs.update(rows, asynchronous=True)
+        forward = {"async_block_n": tune["async_fwd_block_n"], "maxnreg": tune["async_fwd_maxnreg"]}
+        kwargs.update(rows, asynchronous=True, **forward)
     if phase == "bwd" and "dq" in kernels:
         kwargs.update(rows, async_dq=True)
     if phase == "bwd" and "dkv" in kernels:
