@@ -496,10 +496,13 @@ def branch_fwd(
     cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
     gluon_kernel = async_kernel("branch_fwd_kernel_attn_async", asynchronous and mode != SLC, q, BM)
     if gluon_kernel:
+        from nsa_kernels.attention_async import key_descriptors
+
         gluon_kernel[(tile_seq.numel(), HKV)](
-            q, k, v, o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale * LOG2E, HQ=HQ, HKV=HKV, G=G,
-            D=D, BM=BM, BN=async_block_n, MODE=mode, CL=geometry["compress_block"], CS=geometry["compress_stride"],
-            W=geometry["window"], num_warps=num_warps, **launch_options(maxnreg),
+            q, *key_descriptors(k, v, async_block_n), o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start,
+            scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode,
+            CL=geometry["compress_block"], CS=geometry["compress_stride"], W=geometry["window"], num_warps=num_warps,
+            **launch_options(maxnreg),
         )  # fmt: skip
         return o, lse
     branch_fwd_kernel_attn[(tile_seq.numel(), HKV)](
@@ -578,10 +581,13 @@ def branch_bwd(
     tile_seq, tile_start = plan["tiles"]
     dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
     if tile_seq.numel() and dq_kernel:
+        from nsa_kernels.attention_async import key_descriptors
+
         dq_kernel[(tile_seq.numel(), HKV)](
-            q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out, plan["cu_seqlens"], cu_keys,
-            tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode,
-            C=C, CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq, num_warps=num_warps,
+            q, *key_descriptors(k, v, async_block_n), do, gates, lse, delta, dq, dq if dq_out is None else dq_out,
+            plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM,
+            BN=async_block_n, MODE=mode, C=C, CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq,
+            num_warps=num_warps,
         )  # fmt: skip
     elif tile_seq.numel():
         branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](

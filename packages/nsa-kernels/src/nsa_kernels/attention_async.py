@@ -3,10 +3,11 @@ arguments and outputs as the ``CMP`` / ``SWD`` modes of :mod:`nsa_kernels.attent
 readable versions and the ones the CPU interpreter runs.
 
 - Forward and dQ (query-outer): a program holds one query tile (``BM // G`` tokens × the G heads of a KV head) in
-  registers as the A operand of S = Q·Kᵀ (in shared memory where ``BN == D``) and copies the ``BN`` keys of step
-  j + 1 (``cp.async``) while step j runs its MMAs. The forward keeps P in registers as the A operand of P·V, the dQ
-  kernel does the same with dS for dS·K. Where ``BM == BN`` the forward's query tile lands in, and its output is
-  staged through, the key buffers: 64 KB of shared memory at 64 keys per step, three CTAs per SM.
+  registers as the A operand of S = Q·Kᵀ (in shared memory where ``BN == D``) and loads the ``BN`` keys and values of
+  step j + 1 by TMA (:func:`key_descriptors`, one mbarrier per buffer) while step j runs its MMAs. The forward keeps
+  P in registers as the A operand of P·V, the dQ kernel does the same with dS for dS·K. Where ``BM == BN`` the
+  forward's query tile lands in, and its output is staged through, the key buffers: 64 KB of shared memory at 64 keys
+  per step, three CTAs per SM.
 - dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
   next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q.
 
@@ -14,6 +15,10 @@ Triton 3.6 issues these loads only after the previous step's MMAs, and holds bot
 key-outer kernel in 255 registers with spills; here the accumulators are split over two warpgroups. The key mask is
 applied only on the steps that need it (an int32 compare against per-row limits); rows past the range are zero-filled
 copies whose products vanish, as in :mod:`nsa_kernels.selection_async`.
+
+TMA loads whole ``BN``-row boxes: past the end of a sequence's keys they bring the next sequence's keys (zeros past
+the tensor), which the visibility mask removes from S. Non-finite values there would still reach the output as 0·inf,
+as with any kernel that masks scores rather than loads; finite inputs of packed sequences never mix.
 
 Limits (the launchers fall back to the Triton kernels otherwise): compute capability 9.x, 16-bit inputs, a D tile of
 64 or 128 equal to D, ``BM`` a multiple of 64, and 64-key tiles for dK/dV.
@@ -26,7 +31,14 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from nsa_kernels.selection_async import (
     _copy_block,
@@ -104,31 +116,55 @@ def _query_in_registers(BN, D):
 
 @gluon.jit
 def _query_operand(q_smem, S_L: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
-    # the query tile as the A operand of S = Q·Kᵀ: in registers once its copy (the commit group before the first
-    # keys') is done, or the shared memory tile itself
+    # the query tile as the A operand of S = Q·Kᵀ once its copies (the only cp.async group) are done: in registers,
+    # or the shared memory tile itself
+    async_copy.wait_group(0)
+    gl.thread_barrier()
     if _query_in_registers(BN, D):
-        async_copy.wait_group(1)
-        gl.thread_barrier()
         q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=S_L, k_width=2))
     else:
         q_op = q_smem
+    fence_async_shared()
     return q_op
 
 
+def key_descriptors(k, v, block_n: int) -> tuple[TensorDescriptor, TensorDescriptor]:
+    """TMA descriptors of keys and values ``[NK, HKV, D]`` as ``[NK, HKV·D]`` rows in ``[block_n, D]`` boxes (copied
+    where that view is not 16-byte aligned)."""
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+    def rows(x):
+        flat = x.reshape(x.shape[0], -1)
+        return flat if flat.data_ptr() % 16 == 0 else flat.clone()
+
+    return tuple(TensorDescriptor.from_tensor(rows(x), [block_n, k.shape[-1]], layout) for x in (k, v))
+
+
 @gluon.jit
-def _copy_keys(k, v, k_buf, v_buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
-    # start the copies of the keys [key0, key0 + BN) ∩ [.., end) into one buffer pair, as one commit group
-    _copy_block(k, v, k_buf, v_buf, key0, kbos, kbos + end, h, n, d, HKV, BN, D)
-    async_copy.commit_group()
+def _key_barriers():
+    # one mbarrier per key/value buffer
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(0), count=1)
+    mbarrier.init(bars.index(1), count=1)
+    return bars
+
+
+@gluon.jit
+def _load_keys(k_desc, v_desc, k_buf, v_buf, bar, kbos, key0, end, h, D: gl.constexpr):
+    # start the TMA loads of the key and value rows [key0, key0 + BN) of KV head h onto bar, if key0 < end
+    ok = key0 < end
+    mbarrier.expect(bar, 2 * k_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(k_desc, [kbos + key0, h * D], bar, k_buf, pred=ok)
+    tma.async_copy_global_to_shared(v_desc, [kbos + key0, h * D], bar, v_buf, pred=ok)
 
 
 @gluon.jit
 def branch_fwd_kernel_attn_async(
-    q, k, v, o, lse, cu_seqlens, cu_keys, tile_seq, tile_start, scale2,
+    q, k_desc, v_desc, o, lse, cu_seqlens, cu_keys, tile_seq, tile_start, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D)
+    # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -151,12 +187,13 @@ def branch_fwd_kernel_attn_async(
         o_smem = q_smem
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
-    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+    bars = _key_barriers()
+    gl.thread_barrier()
+    _load_keys(k_desc, v_desc, k_smem.index(0), v_smem.index(0), bars.index(0), kbos, start, end, h, D)
     q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -170,10 +207,8 @@ def branch_fwd_kernel_attn_async(
         key0 = start + j * BN
         gl.thread_barrier()
         nxt = (j + 1) % 2
-        _copy_keys(k, v, k_smem.index(nxt), v_smem.index(nxt), kbos, key0 + BN, end, h, n, d, HKV, BN, D)
-        async_copy.wait_group(1)
-        gl.thread_barrier()
-        fence_async_shared()
+        _load_keys(k_desc, v_desc, k_smem.index(nxt), v_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
+        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
         s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s]) * scale2
@@ -188,7 +223,6 @@ def branch_fwd_kernel_attn_async(
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), P_L), v_smem.index(j % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
-    async_copy.wait_group(0)
 
     has_key = l_i > 0
     l_safe = gl.where(has_key, l_i, 1.0)
@@ -204,12 +238,12 @@ def branch_fwd_kernel_attn_async(
 
 @gluon.jit
 def branch_bwd_kernel_dq_async(
-    q, k, v, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, scale, scale2,
+    q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
     ACCUMULATE: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D)
+    # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -228,13 +262,14 @@ def branch_bwd_kernel_dq_async(
     v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
-    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     r_g = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_rows(do, do_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    _copy_keys(k, v, k_smem.index(0), v_smem.index(0), kbos, start, end, h, n, d, HKV, BN, D)
+    bars = _key_barriers()
+    gl.thread_barrier()
+    _load_keys(k_desc, v_desc, k_smem.index(0), v_smem.index(0), bars.index(0), kbos, start, end, h, D)
     q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -252,10 +287,8 @@ def branch_bwd_kernel_dq_async(
         key0 = start + j * BN
         gl.thread_barrier()
         nxt = (j + 1) % 2
-        _copy_keys(k, v, k_smem.index(nxt), v_smem.index(nxt), kbos, key0 + BN, end, h, n, d, HKV, BN, D)
-        async_copy.wait_group(1)
-        gl.thread_barrier()
-        fence_async_shared()
+        _load_keys(k_desc, v_desc, k_smem.index(nxt), v_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
+        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
         s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         dp = warpgroup_mma(do_smem, v_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
@@ -269,7 +302,6 @@ def branch_bwd_kernel_dq_async(
         ds = gl.convert_layout((p * (dp - delta_row[:, None])).to(dtype), DS_L)
         acc = warpgroup_mma(ds, k_smem.index(j % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
-    async_copy.wait_group(0)
 
     r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
     d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))
