@@ -128,21 +128,24 @@ def _query_operand(q_smem, S_L: gl.constexpr, BN: gl.constexpr, D: gl.constexpr)
     return q_op
 
 
-def key_descriptors(k, v, block_n: int) -> tuple[TensorDescriptor, TensorDescriptor]:
-    """TMA descriptors of keys and values ``[NK, HKV, D]`` as ``[NK, HKV·D]`` rows in ``[block_n, D]`` boxes (copied
-    where that view is not 16-byte aligned)."""
+def row_descriptor(x, block_n: int) -> TensorDescriptor:
+    """TMA descriptor of keys (or values) ``[NK, HKV, D]`` as ``[NK, HKV·D]`` rows in ``[block_n, D]`` boxes (of a copy
+    where that view is not 16-byte aligned; of one zero row where there are no keys, which no program then loads)."""
+    rows = x.reshape(x.shape[0], -1) if x.shape[0] else x.new_zeros(1, x.shape[1] * x.shape[2])
+    if rows.data_ptr() % 16:
+        rows = rows.clone()
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    return TensorDescriptor.from_tensor(rows, [block_n, x.shape[-1]], layout)
 
-    def rows(x):
-        flat = x.reshape(x.shape[0], -1)
-        return flat if flat.data_ptr() % 16 == 0 else flat.clone()
 
-    return tuple(TensorDescriptor.from_tensor(rows(x), [block_n, k.shape[-1]], layout) for x in (k, v))
+def key_descriptors(k, v, block_n: int) -> tuple[TensorDescriptor, TensorDescriptor]:
+    """:func:`row_descriptor` of the keys and of the values."""
+    return row_descriptor(k, block_n), row_descriptor(v, block_n)
 
 
 @gluon.jit
 def _key_barriers():
-    # one mbarrier per key/value buffer
+    # one mbarrier per key (and value) buffer
     bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(bars.index(0), count=1)
     mbarrier.init(bars.index(1), count=1)

@@ -262,7 +262,10 @@ def select_fwd(
     GP = triton.next_power_of_2(G) if pad_heads else G
     kernel = _scores_kernel(asynchronous and pad_heads, q, G, async_block_m)
     if kernel is not None:
+        from nsa_kernels.attention_async import row_descriptor
+
         block_m, num_warps, block_n = async_block_m, async_num_warps, async_block_n
+        key_rows = row_descriptor(k_cmp, block_n)
     BM = max(block_m, triton.next_power_of_2(G), 16)
     TT = BM // GP
     cu, cu_keys = plan["cu_seqlens"], plan["cu_keys_cmp"]
@@ -295,13 +298,13 @@ def select_fwd(
         t_hi = N if hi == tile_seq.numel() else tile_first_token(lens, tile_tt, hi)
         alloc = torch.empty if identity and not return_scores else torch.zeros
         buf = alloc(t_hi - t_lo, HKV, ncp, device=q.device, dtype=torch.float32)
-        args = (q, k_cmp, lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp)
+        args = (lse_cmp, buf, cu, cu_keys, tile_seq, tile_start, lo, t_lo, scale * 1.4426950408889634, ncp)
         if kernel is not None:
-            kernel[(hi - lo, HKV)](*args, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=block_n, CL=CL, CS=CS, GP=GP,
+            kernel[(hi - lo, HKV)](q, key_rows, *args, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=block_n, CL=CL, CS=CS, GP=GP,
                                    num_warps=num_warps)  # fmt: skip
         else:
             topk_fwd_kernel_scores[(hi - lo, HKV)](
-                *args, HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
+                q, k_cmp, *args, HQ=HQ, HKV=HKV, G=G, D=D, BD=max(triton.next_power_of_2(D), 16), BM=BM, BN=block_n,
                 TTP=TT if pad_heads else max(triton.next_power_of_2(TT), 16), CL=CL, CS=CS, GP=GP,
                 num_warps=num_warps, num_stages=num_stages,
             )  # fmt: skip

@@ -3,8 +3,9 @@
 CPU interpreter runs.
 
 A program holds one query tile (``BM // GP`` tokens × the G heads of a KV head, padded to GP) in shared memory and
-copies the compressed keys of step j + 1 (``cp.async``) while step j runs S = Q·Kᵀ, the probabilities and their sum
-over the heads of each token.
+loads the compressed keys of step j + 1 by TMA (:func:`nsa_kernels.attention_async.row_descriptor`) while step j runs
+S = Q·Kᵀ, the probabilities and their sum over the heads of each token. Key rows past a sequence's end are masked
+out of the probabilities.
 
 The Triton kernel orders rows token · GP + head, so the heads of a token lie in the accumulator's lanes and the head
 sum takes log2(GP) shuffle rounds per element, more issue slots than the MMA. Here the rows are permuted so that the
@@ -22,9 +23,22 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
-from nsa_kernels.attention_async import LOG2E, _key_range, _mask_visible, _query_tile, _visible_limits
+from nsa_kernels.attention_async import (
+    LOG2E,
+    _key_barriers,
+    _key_range,
+    _mask_visible,
+    _query_tile,
+    _visible_limits,
+)
 from nsa_kernels.selection_async import _copy_rows, _gather_layout, _mma_layout, _operand_layout
 
 
@@ -96,20 +110,21 @@ def _head_sum(p, VIEW: gl.constexpr, AXES: gl.constexpr, TT: gl.constexpr, BN: g
 
 
 @gluon.jit
-def _copy_compressed_keys(k, buf, kbos, key0, end, h, n, d, HKV: gl.constexpr, D: gl.constexpr):
-    # start the copy of the compressed keys [key0, key0 + BN) ∩ [.., end) (zeros past end) as one commit group
-    offs = (kbos + key0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + d[None, :]
-    async_copy.async_copy_global_to_shared(buf, k + offs, mask=(key0 + n < end)[:, None])
-    async_copy.commit_group()
+def _load_compressed_keys(k_desc, buf, bar, kbos, key0, end, h, D: gl.constexpr):
+    # start the TMA load of the compressed key rows [key0, key0 + BN) of KV head h onto bar, if key0 < end
+    ok = key0 < end
+    mbarrier.expect(bar, k_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(k_desc, [kbos + key0, h * D], bar, buf, pred=ok)
 
 
 @gluon.jit
 def topk_fwd_kernel_scores_async(
-    q, k_cmp, lse, scores, cu_seqlens, cu_keys, tile_seq, tile_start, tile_lo, t_base, scale2, NCP,
+    q, k_desc, lse, scores, cu_seqlens, cu_keys, tile_seq, tile_start, tile_lo, t_base, scale2, NCP,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     CL: gl.constexpr, CS: gl.constexpr, GP: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as topk_fwd_kernel_scores (BD = D, TTP = BM // GP, GP a power of two >= G)
+    # arguments as topk_fwd_kernel_scores (BD = D, TTP = BM // GP, GP a power of two >= G), the compressed keys as a
+    # row_descriptor
     TT: gl.constexpr = BM // GP
     HEAD_W: gl.constexpr = _row_weights(BM, BN, GP, num_warps, True)
     TOKEN_W: gl.constexpr = _row_weights(BM, BN, GP, num_warps, False)
@@ -127,10 +142,15 @@ def topk_fwd_kernel_scores_async(
     k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
-    n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
     tok_g, head_g = _split_rows(gl.arange(0, BM, gl.SliceLayout(1, GATHER)), HEAD_W, TOKEN_W)
     _copy_rows(q, q_smem, (t0 + tok_g).to(gl.int64), h * G + head_g, (head_g < G) & (t0 + tok_g < eos), d, HQ, D)
-    _copy_compressed_keys(k_cmp, k_smem.index(0), kbos, start, end, h, n, d, HKV, D)
+    async_copy.commit_group()
+    bars = _key_barriers()
+    gl.thread_barrier()
+    _load_compressed_keys(k_desc, k_smem.index(0), bars.index(0), kbos, start, end, h, D)
+    async_copy.wait_group(0)
+    gl.thread_barrier()
+    fence_async_shared()
 
     tok_s, head_s = _split_rows(gl.arange(0, BM, gl.SliceLayout(1, S_L)), HEAD_W, TOKEN_W)
     t_s = t0 + tok_s
@@ -145,10 +165,9 @@ def topk_fwd_kernel_scores_async(
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
         gl.thread_barrier()
-        _copy_compressed_keys(k_cmp, k_smem.index((j + 1) % 2), kbos, key0 + BN, end, h, n, d, HKV, D)
-        async_copy.wait_group(1)
-        gl.thread_barrier()
-        fence_async_shared()
+        nxt = (j + 1) % 2
+        _load_compressed_keys(k_desc, k_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
+        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
         s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s])
@@ -158,4 +177,3 @@ def topk_fwd_kernel_scores_async(
         token_p = gl.convert_layout(_head_sum(p, _bit_view(BM, BN), _head_axes(BM, BN, GP, num_warps), TT, BN), OUT_L)
         i = key0 + n_out
         gl.store(scores + out_rows[:, None] + i[None, :], token_p, mask=(t_out < eos)[:, None] & (i < end)[None, :])
-    async_copy.wait_group(0)
