@@ -144,21 +144,37 @@ def key_descriptors(k, v, block_n: int) -> tuple[TensorDescriptor, TensorDescrip
 
 
 @gluon.jit
-def _key_barriers():
-    # one mbarrier per key (and value) buffer
+def _load_keys(k_desc, v_desc, k_smem, v_smem, bars, i, kbos, key0, end, h, D: gl.constexpr):
+    # start the TMA loads of the key (and, unless v_desc is None, value) rows [key0, key0 + BN) of KV head h into
+    # buffer i, onto its mbarrier, if key0 < end
+    ok = key0 < end
+    if v_desc is None:
+        mbarrier.expect(bars.index(i), k_desc.block_type.nbytes, pred=ok)
+    else:
+        mbarrier.expect(bars.index(i), 2 * k_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(k_desc, [kbos + key0, h * D], bars.index(i), k_smem.index(i), pred=ok)
+    if v_desc is not None:
+        tma.async_copy_global_to_shared(v_desc, [kbos + key0, h * D], bars.index(i), v_smem.index(i), pred=ok)
+
+
+@gluon.jit
+def _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D: gl.constexpr):
+    # one mbarrier per key buffer, and the loads of the first step's keys into buffer 0
     bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(bars.index(0), count=1)
     mbarrier.init(bars.index(1), count=1)
+    gl.thread_barrier()
+    _load_keys(k_desc, v_desc, k_smem, v_smem, bars, 0, kbos, start, end, h, D)
     return bars
 
 
 @gluon.jit
-def _load_keys(k_desc, v_desc, k_buf, v_buf, bar, kbos, key0, end, h, D: gl.constexpr):
-    # start the TMA loads of the key and value rows [key0, key0 + BN) of KV head h onto bar, if key0 < end
-    ok = key0 < end
-    mbarrier.expect(bar, 2 * k_desc.block_type.nbytes, pred=ok)
-    tma.async_copy_global_to_shared(k_desc, [kbos + key0, h * D], bar, k_buf, pred=ok)
-    tma.async_copy_global_to_shared(v_desc, [kbos + key0, h * D], bar, v_buf, pred=ok)
+def _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN: gl.constexpr, D: gl.constexpr):
+    # at step j (first key key0): once every warp is done with the other buffer (step j - 1), start the loads of step
+    # j + 1 into it, then wait for step j's keys
+    gl.thread_barrier()
+    _load_keys(k_desc, v_desc, k_smem, v_smem, bars, (j + 1) % 2, kbos, key0 + BN, end, h, D)
+    mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
 
 
 @gluon.jit
@@ -194,9 +210,7 @@ def branch_fwd_kernel_attn_async(
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    bars = _key_barriers()
-    gl.thread_barrier()
-    _load_keys(k_desc, v_desc, k_smem.index(0), v_smem.index(0), bars.index(0), kbos, start, end, h, D)
+    bars = _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D)
     q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -208,10 +222,7 @@ def branch_fwd_kernel_attn_async(
     acc = gl.zeros([BM, D], gl.float32, O_L)
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
-        gl.thread_barrier()
-        nxt = (j + 1) % 2
-        _load_keys(k_desc, v_desc, k_smem.index(nxt), v_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
-        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
+        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN, D)
         s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s]) * scale2
@@ -270,9 +281,7 @@ def branch_bwd_kernel_dq_async(
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_rows(do, do_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    bars = _key_barriers()
-    gl.thread_barrier()
-    _load_keys(k_desc, v_desc, k_smem.index(0), v_smem.index(0), bars.index(0), kbos, start, end, h, D)
+    bars = _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D)
     q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -288,10 +297,7 @@ def branch_bwd_kernel_dq_async(
     acc = gl.zeros([BM, D], gl.float32, DQ_L)
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
-        gl.thread_barrier()
-        nxt = (j + 1) % 2
-        _load_keys(k_desc, v_desc, k_smem.index(nxt), v_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
-        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
+        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN, D)
         s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         dp = warpgroup_mma(do_smem, v_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),

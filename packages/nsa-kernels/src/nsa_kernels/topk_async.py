@@ -23,20 +23,15 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from nsa_kernels.attention_async import (
     LOG2E,
-    _key_barriers,
     _key_range,
     _mask_visible,
+    _next_keys,
     _query_tile,
+    _start_keys,
     _visible_limits,
 )
 from nsa_kernels.selection_async import _copy_rows, _gather_layout, _mma_layout, _operand_layout
@@ -110,14 +105,6 @@ def _head_sum(p, VIEW: gl.constexpr, AXES: gl.constexpr, TT: gl.constexpr, BN: g
 
 
 @gluon.jit
-def _load_compressed_keys(k_desc, buf, bar, kbos, key0, end, h, D: gl.constexpr):
-    # start the TMA load of the compressed key rows [key0, key0 + BN) of KV head h onto bar, if key0 < end
-    ok = key0 < end
-    mbarrier.expect(bar, k_desc.block_type.nbytes, pred=ok)
-    tma.async_copy_global_to_shared(k_desc, [kbos + key0, h * D], bar, buf, pred=ok)
-
-
-@gluon.jit
 def topk_fwd_kernel_scores_async(
     q, k_desc, lse, scores, cu_seqlens, cu_keys, tile_seq, tile_start, tile_lo, t_base, scale2, NCP,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
@@ -145,9 +132,7 @@ def topk_fwd_kernel_scores_async(
     tok_g, head_g = _split_rows(gl.arange(0, BM, gl.SliceLayout(1, GATHER)), HEAD_W, TOKEN_W)
     _copy_rows(q, q_smem, (t0 + tok_g).to(gl.int64), h * G + head_g, (head_g < G) & (t0 + tok_g < eos), d, HQ, D)
     async_copy.commit_group()
-    bars = _key_barriers()
-    gl.thread_barrier()
-    _load_compressed_keys(k_desc, k_smem.index(0), bars.index(0), kbos, start, end, h, D)
+    bars = _start_keys(k_desc, None, k_smem, None, kbos, start, end, h, D)
     async_copy.wait_group(0)
     gl.thread_barrier()
     fence_async_shared()
@@ -164,10 +149,7 @@ def topk_fwd_kernel_scores_async(
     n_out = gl.arange(0, BN, gl.SliceLayout(0, OUT_L))
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
-        gl.thread_barrier()
-        nxt = (j + 1) % 2
-        _load_compressed_keys(k_desc, k_smem.index(nxt), bars.index(nxt), kbos, key0 + BN, end, h, D)
-        mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
+        _next_keys(k_desc, None, k_smem, None, bars, j, kbos, key0, end, h, BN, D)
         s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s])
