@@ -126,13 +126,20 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
         (True, {"bwd_block_m": 64, "bwd_num_warps": 4}),
         (True, {"bwd_dq_halves": False, "fwd_o_halves": False, **TRITON_BLOCK_KERNELS}),
         (True, TRITON_BLOCK_KERNELS),
+        (True, {"bwd_dq_in_cmp": False, "partial_elems": 2**24}),
     ],
-    ids=["ungated-dO-bwd-64rows-4warps", "pregated-dO-bwd-64rows-4warps", "whole-partials", "triton-block-kernels"],
+    ids=[
+        "ungated-dO-bwd-64rows-4warps",
+        "pregated-dO-bwd-64rows-4warps",
+        "whole-partials",
+        "triton-block-kernels",
+        "selection-dq-reduction",
+    ],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
     """The non-default selection settings (the defaults are pregated dO, 128-row 8-warp backward steps, partial
-    outputs and dQ in D halves, and on Hopper the forward and backward with asynchronous gathers, so the Triton
-    block kernels run here only where they are asked for)."""
+    outputs and dQ in D halves, the dQ partials added by the compression dQ, and on Hopper the forward and backward
+    with asynchronous gathers, so the Triton block kernels run here only where they are asked for)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))

@@ -7,6 +7,8 @@ the computed top-n is checked for exactness separately.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -187,7 +189,7 @@ def test_gradients_flow_through_the_output_only():
 
 def test_single_branches_and_given_indices(poison_empty):
     q, k, v, g = make_inputs(1, 60, 1, 7, 32, torch.bfloat16)
-    for branches in (("cmp",), ("slc",), ("swd",), ("cmp", "swd")):
+    for branches in (("cmp",), ("slc",), ("swd",), ("cmp", "swd"), ("cmp", "slc")):
         config = small_config(branches=branches)
         o, aux = _run(q, k, v, g, config, None)
         ref = nsa_reference(q, k, v, g, config, block_indices=aux.block_indices)
@@ -271,6 +273,28 @@ def test_selection_algorithms_and_work_items(
     _assert_grads_match(o, ref, (q, k, v, g))
 
 
+def test_selection_ranges_cut_at_query_tiles():
+    """The backward's token ranges, when the compression dQ adds their dQ partials, start at its query tiles: every
+    cut is a tile's first token (or N), with that tile's index in the tile table, over varlen with empty sequences."""
+    from nsa_kernels.index import tile_at, tile_table
+    from nsa_kernels.selection import _tile_cuts
+
+    lens = [0, 37, 0, 20, 83]
+    cu = torch.tensor([0, 0, 37, 37, 57, 140], dtype=torch.int32)
+    _, tile_start = tile_table(cu, 9, lens)
+    starts = tile_start.tolist()
+    assert tile_at(lens, 9, 0) == (0, 0)
+    assert tile_at(lens, 9, 40) == (starts.index(37), 37)
+    assert tile_at(lens, 9, 140) == (len(starts), 140)
+    for step in (1, 5, 17, 200):
+        cuts, tiles = _tile_cuts(lens, 140, step, 9)
+        assert cuts[0] == 0 and cuts[-1] == 140 and cuts == sorted(set(cuts))
+        assert all(starts[tile] == cut for cut, tile in zip(cuts[:-1], tiles[:-1], strict=True))
+        assert tiles[-1] == len(starts)
+        assert all(b - a < step + 9 for a, b in itertools.pairwise(cuts))
+    assert _tile_cuts(lens, 140, 1, 9)[0] == [0, *starts[1:], 140]
+
+
 def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
     """Groups of token ranges whose dK/dV partials fit the element budget; a range larger than it stands alone."""
     from nsa_kernels.selection import _dkv_groups
@@ -290,17 +314,23 @@ def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "pregate", "bwd_block_m"),
-    [("block", 288, False, 64), ("block", 6, True, 128), ("tile", 288, False, 64)],
+    ("algo", "fwd_item", "pregate", "bwd_block_m", "dq_in_cmp"),
+    [
+        ("block", 288, False, 64, True),
+        ("block", 6, True, 128, True),
+        ("block", 6, False, 64, False),
+        ("tile", 288, False, 64, True),
+    ],
 )
-def test_backward_settings_match_reference(algo, fwd_item, pregate, bwd_block_m, monkeypatch, poison_empty):
+def test_backward_settings_match_reference(algo, fwd_item, pregate, bwd_block_m, dq_in_cmp, monkeypatch, poison_empty):
     """Backward with dO gated per row in the kernels or once before them, 64- or 128-row selection steps,
-    selection in 17-token ranges or one; varlen with an empty sequence."""
+    selection in 17-token ranges or one, its dQ partials added by the compression dQ or by their own reduction;
+    varlen with an empty sequence."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
-    tune = {"bwd_block_m": bwd_block_m, "fwd_item": fwd_item}
+    tune = {"bwd_block_m": bwd_block_m, "fwd_item": fwd_item, "bwd_dq_in_cmp": dq_in_cmp}
     if fwd_item < 100:
         tune["partial_elems"] = 14 * 4 * 5 * 17
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})

@@ -233,6 +233,21 @@ def _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, 
 
 
 @triton.jit
+def _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, d, HKV: tl.constexpr, S: tl.constexpr,
+                      G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):  # fmt: skip
+    # fp32 sum over the slots with a block of the selection dQ partials [E, G, D] of rows (token t, head h·G + g):
+    # selection e = (t·HKV + h)·S + slot, stored from the token t_base on, in slot order
+    acc = tl.zeros([BM, BD], tl.float32)
+    for slot in range(S):
+        chosen = row_ok & (tl.load(blk_idx + (t * HKV + h) * S + slot, mask=row_ok, other=-1) >= 0)
+        pe = (((t - t_base) * HKV + h) * S + slot) * G + g
+        acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=chosen[:, None] & (d[None, :] < D), other=0.0).to(
+            tl.float32
+        )
+    return acc
+
+
+@triton.jit
 def branch_bwd_kernel_dq(
     q,  # [N, HQ, D]
     k,  # [NK, HKV, D]
@@ -250,6 +265,10 @@ def branch_bwd_kernel_dq(
     union_off,
     union_blk,
     blk_idx,
+    slc_part,  # [E, G, D] selection dQ partials of the tokens from part_t0 on, added when PART_S > 0
+    slc_idx,  # [N, HKV, PART_S] their block indices
+    part_t0,
+    tile0,  # first tile of this launch
     scale,
     scale2,
     HQ: tl.constexpr,
@@ -268,8 +287,9 @@ def branch_bwd_kernel_dq(
     NSP: tl.constexpr,
     W: tl.constexpr,
     ACCUMULATE: tl.constexpr,
+    PART_S: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0) + tile0
     h = tl.program_id(1)
     TT: tl.constexpr = BM // G
     t0, bos, eos, kbos, t, head, row_ok = _token_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid, h, BM, G, G)
@@ -322,6 +342,9 @@ def branch_bwd_kernel_dq(
             acc = _dq_keys_step(qt, dot, k, v, bos + pos, ok, mask, h, d, lse2, delta_row, acc, scale2, HKV, D)
 
     acc = acc * scale
+    if PART_S > 0:
+        acc += _selection_dq_sum(slc_part, slc_idx, t.to(tl.int64), head - h * G, row_ok, part_t0, h, d, HKV, PART_S,
+                                 G, D, BM, BD)  # fmt: skip
     dq_ptrs = dq + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -516,6 +539,87 @@ def branch_fwd(
     return o, lse
 
 
+def _bwd_common(q, k, mode: int, plan: dict, geometry: dict, block_m: int, gated: bool) -> dict:
+    # launch values shared by the dQ and dK/dV passes of one branch
+    HQ, D, HKV = q.shape[1], q.shape[2], k.shape[1]
+    G = HQ // HKV
+    BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
+    return {
+        "G": G, "BM": BM, "BD": BD, "BN_slc": BN_slc, "C": -1 if gated else {CMP: 0, SLC: 1, SWD: 2}[mode],
+        "cu_keys": plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"], "dummy": plan["cu_seqlens"],
+    }  # fmt: skip
+
+
+def branch_dq(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    gates: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    dq: torch.Tensor,
+    *,
+    mode: int,
+    plan: dict,
+    scale: float,
+    geometry: dict,
+    accumulate_dq: bool,
+    dq_out: torch.Tensor | None = None,
+    block_m: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    gated: bool = False,
+    maxnreg: int | None = None,
+    async_dq: bool = False,
+    async_block_n: int = 32,
+    async_dq_maxnreg: int | None = None,
+    tiles: tuple[int, int] | None = None,
+    slc_partials: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+) -> None:
+    """The dQ pass of :func:`branch_bwd` alone, over the query tiles ``tiles = (first, end)`` of ``plan`` (all by
+    default); ``async_dq_maxnreg`` caps the registers of the Gluon kernel.
+
+    ``slc_partials = (dq_part, block_indices, t_base)``: also add the selection's per-selection dQ partials
+    ``[E, G, D]`` of the tokens from ``t_base`` on (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``),
+    which the tiles' tokens must all have.
+    """
+    _N, HQ, D = q.shape
+    HKV = k.shape[1]
+    c = _bwd_common(q, k, mode, plan, geometry, block_m, gated)
+    G, BM = c["G"], c["BM"]
+    tile_seq, tile_start = plan["tiles"]
+    first, end = (0, tile_seq.numel()) if tiles is None else tiles
+    if end <= first:
+        return
+    union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (c["dummy"],) * 3
+    S = blk_idx.shape[-1] if mode == SLC else 1
+    part, part_idx, part_t0 = slc_partials or (c["dummy"], c["dummy"], 0)
+    part_s = part_idx.shape[-1] if slc_partials else 0
+    dq_out = dq if dq_out is None else dq_out
+    grid = (end - first, HKV)
+    dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
+    if dq_kernel:
+        from nsa_kernels.attention_async import key_descriptors
+
+        dq_kernel[grid](
+            q, *key_descriptors(k, v, async_block_n), do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"],
+            c["cu_keys"], tile_seq, tile_start, part, part_idx, part_t0, first, scale, scale * LOG2E, HQ=HQ, HKV=HKV,
+            G=G, D=D, BM=BM, BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"],
+            CS=geometry["compress_stride"], W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s,
+            num_warps=num_warps, **launch_options(async_dq_maxnreg),
+        )  # fmt: skip
+        return
+    branch_bwd_kernel_dq[grid](
+        q, k, v, do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"], c["cu_keys"], tile_seq, tile_start, union_off,
+        union_blk, blk_idx, part, part_idx, part_t0, first, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D,
+        BD=c["BD"], BM=BM, BN=c["BN_slc"] if mode == SLC else 64, MODE=mode, C=c["C"], CL=geometry["compress_block"],
+        CS=geometry["compress_stride"], SB=geometry["select_block"], S=S, NSP=max(triton.next_power_of_2(S), 2),
+        W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s, num_warps=num_warps, num_stages=num_stages,
+        **launch_options(maxnreg),
+    )  # fmt: skip
+
+
 def branch_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -544,6 +648,8 @@ def branch_bwd(
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
     async_block_n: int = 32,
+    async_dq_maxnreg: int | None = None,
+    skip_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
 
@@ -560,43 +666,26 @@ def branch_bwd(
     kernels multiply each dO row by the gate.
     ``maxnreg`` caps the registers per thread of both kernels. ``async_dq`` / ``async_dkv``: the Gluon kernels of
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where they apply (see :func:`async_kernel`);
-    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel, ``async_block_n`` the keys per step of the Gluon dQ.
+    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel, ``async_block_n`` the keys per step of the Gluon dQ,
+    ``async_dq_maxnreg`` its register cap. ``skip_dq``: the dK/dV pass only (the dQ pass runs elsewhere,
+    :func:`branch_dq`).
     """
+    if not skip_dq:
+        branch_dq(
+            q, k, v, do, gates, lse, delta, dq, mode=mode, plan=plan, scale=scale, geometry=geometry,
+            accumulate_dq=accumulate_dq, dq_out=dq_out, block_m=block_m, num_warps=num_warps, num_stages=num_stages,
+            gated=gated, maxnreg=maxnreg, async_dq=async_dq, async_block_n=async_block_n,
+            async_dq_maxnreg=async_dq_maxnreg,
+        )  # fmt: skip
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
-    G = HQ // HKV
-    BM, BD, BN_slc = _blocks(G, D, geometry["select_block"], block_m)
-    C = {CMP: 0, SLC: 1, SWD: 2}[mode]
-    if gated:
-        C = -1
-    cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
-    dummy = plan["cu_seqlens"]
-    union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (dummy,) * 3
-    S = blk_idx.shape[-1] if mode == SLC else 1
+    c = _bwd_common(q, k, mode, plan, geometry, block_m, gated)
+    G, BM, C, cu_keys, dummy = c["G"], c["BM"], c["C"], c["cu_keys"], c["dummy"]
     common = dict(
-        HQ=HQ, HKV=HKV, G=G, D=D, BD=BD, MODE=mode, C=C,
+        HQ=HQ, HKV=HKV, G=G, D=D, BD=c["BD"], MODE=mode, C=C,
         CL=geometry["compress_block"], CS=geometry["compress_stride"], SB=geometry["select_block"],
         W=geometry["window"], num_warps=num_warps, num_stages=num_stages, **launch_options(maxnreg),
     )  # fmt: skip
-    tile_seq, tile_start = plan["tiles"]
-    dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
-    if tile_seq.numel() and dq_kernel:
-        from nsa_kernels.attention_async import key_descriptors
-
-        dq_kernel[(tile_seq.numel(), HKV)](
-            q, *key_descriptors(k, v, async_block_n), do, gates, lse, delta, dq, dq if dq_out is None else dq_out,
-            plan["cu_seqlens"], cu_keys, tile_seq, tile_start, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM,
-            BN=async_block_n, MODE=mode, C=C, CL=common["CL"], CS=common["CS"], W=common["W"], ACCUMULATE=accumulate_dq,
-            num_warps=num_warps,
-        )  # fmt: skip
-    elif tile_seq.numel():
-        branch_bwd_kernel_dq[(tile_seq.numel(), HKV)](
-            q, k, v, do, gates, lse, delta, dq, dq if dq_out is None else dq_out,
-            plan["cu_seqlens"], cu_keys, tile_seq, tile_start, union_off, union_blk, blk_idx,
-            scale, scale * LOG2E,
-            BN=BN_slc if mode == SLC else 64, S=S, NSP=max(triton.next_power_of_2(S), 2),
-            BM=BM, ACCUMULATE=accumulate_dq, **common,
-        )  # fmt: skip
     if mode == SLC:
         ktile_seq, ktile_start = plan["slc_blocks"]
         csr_off, csr_tok = plan["csr"]

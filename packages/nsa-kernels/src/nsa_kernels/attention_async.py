@@ -251,11 +251,35 @@ def branch_fwd_kernel_attn_async(
 
 
 @gluon.jit
+def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, ok, h, d, LAYOUT: gl.constexpr,
+                            HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, S: gl.constexpr,
+                            ACCUMULATE: gl.constexpr):  # fmt: skip
+    # store the dQ tile acc plus the selection dQ partials of its rows (token t, head h·G + g; summed as in
+    # attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT, loading the partials of SLOTS slots at a time
+    SLOTS: gl.constexpr = 2
+    total = gl.convert_layout(acc, LAYOUT)
+    sel_row = (t * HKV + h) * S
+    part_row = ((t - part_t0) * HKV + h) * S
+    for s0 in range(0, S, SLOTS):
+        for i in gl.static_range(SLOTS):
+            slot = s0 + i
+            has_slot = ok & (slot < S)
+            chosen = has_slot & (gl.load(slc_idx + sel_row + slot, mask=has_slot, other=-1) >= 0)
+            rows = (part_row + slot) * G + g
+            total += gl.load(slc_part + rows[:, None] * D + d[None, :], mask=chosen[:, None], other=0.0).to(gl.float32)
+    offs = (t * HQ + h * G + g)[:, None] * D + d[None, :]
+    if ACCUMULATE:
+        total += gl.load(dq + offs, mask=ok[:, None], other=0.0)
+    gl.store(dq_out + offs, total.to(dq_out.dtype.element_ty), mask=ok[:, None])
+
+
+@gluon.jit
 def branch_bwd_kernel_dq_async(
-    q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, scale, scale2,
+    q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_idx,
+    part_t0, tile0, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
-    ACCUMULATE: gl.constexpr, num_warps: gl.constexpr,
+    ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
     TT: gl.constexpr = BM // G
@@ -266,7 +290,7 @@ def branch_bwd_kernel_dq_async(
     SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
-    pid = gl.program_id(0)
+    pid = gl.program_id(0) + tile0
     h = gl.program_id(1)
     t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
     start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
@@ -312,14 +336,18 @@ def branch_bwd_kernel_dq_async(
         acc = warpgroup_mma(ds, k_smem.index(j % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
 
-    r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
-    d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))
-    t_o, ok_o = _tile_rows(t0, eos, r_o, G, TT)
-    offs = (t_o.to(gl.int64) * HQ + h * G + r_o % G)[:, None] * D + d_o[None, :]
-    acc = acc * scale
-    if ACCUMULATE:
-        acc += gl.load(dq + offs, mask=ok_o[:, None], other=0.0)
-    gl.store(dq_out + offs, acc.to(dq_out.dtype.element_ty), mask=ok_o[:, None])
+    if PART_S > 0:
+        _store_dq_with_partials(acc * scale, dq, dq_out, slc_part, slc_idx, part_t0, t_g.to(gl.int64), r_g % G, ok_g,
+                                h, d, GATHER, HQ, HKV, G, D, PART_S, ACCUMULATE)  # fmt: skip
+    else:
+        r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
+        d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))
+        t_o, ok_o = _tile_rows(t0, eos, r_o, G, TT)
+        offs = (t_o.to(gl.int64) * HQ + h * G + r_o % G)[:, None] * D + d_o[None, :]
+        acc = acc * scale
+        if ACCUMULATE:
+            acc += gl.load(dq + offs, mask=ok_o[:, None], other=0.0)
+        gl.store(dq_out + offs, acc.to(dq_out.dtype.element_ty), mask=ok_o[:, None])
 
 
 @gluon.jit

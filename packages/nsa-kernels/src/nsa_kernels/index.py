@@ -57,6 +57,19 @@ def tile_first_token(lens: list[int], size: int, tile: int) -> int:
     return pos
 
 
+def tile_at(lens: list[int], size: int, pos: int) -> tuple[int, int]:
+    """The tile of ``size`` positions that holds packed position ``pos`` and its first token (the tile count and
+    ``N`` for ``pos >= N``): the inverse of :func:`tile_first_token`."""
+    tile, start = 0, 0
+    for n in lens:
+        if pos < start + n:
+            inside = (pos - start) // size
+            return tile + inside, start + inside * size
+        tile += (n + size - 1) // size
+        start += n
+    return tile, start
+
+
 def longest_prefix(lens: list[int], lo: int, hi: int) -> int:
     """Largest ``position + 1`` inside its sequence over the packed tokens ``[lo, hi)``."""
     best, start = 0, 0

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_bwd, branch_fwd
+from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_bwd, branch_dq, branch_fwd
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
     block_table,
@@ -50,6 +50,7 @@ ASYNC_BRANCH = {
     "async_block_n": 32,
     "async_fwd_block_n": 64,
     "async_fwd_maxnreg": 168,
+    "async_dq_maxnreg": 168,
     "async_dkv_block_m": 128,
     "async_dkv_num_warps": 8,
 }
@@ -78,6 +79,7 @@ TUNING = {
         "bwd_item": 1152,
         "bwd_dkv_partial_elems": 2**29,
         "bwd_async_gathers": True,
+        "bwd_dq_in_cmp": True,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
         "bwd_dq_halves": True,
@@ -110,25 +112,28 @@ TUNING = {
 
 ``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
 (:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
-warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped
-at ``async_fwd_maxnreg`` per thread), and ``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps``
-(dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``.
-``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk per program:
-0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
-(:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when
-``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x``
-override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two
-D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the
-current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together
-(fewer read-and-rewrite passes over the fp32 dK/dV). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block
-kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's
-query-row buffers (rows copied that many steps minus one ahead). ``topk`` launches the importance and top-n kernels
-(:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance kernel of
-:mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine backward writes
-the gated dO of a branch once (not per row).
+warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped at
+``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``), and ``async_dkv_block_m`` query rows per step on
+``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``. ``cmp_dkv`` is the
+compression dK/dV pass (compressed keys per program, warps, token chunk per program: 0 = equal shares of each key tile's
+range). ``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work
+item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` /
+``bwd_x`` override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ
+tile as two D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers
+during the current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced
+together (fewer read-and-rewrite passes over the fp32 dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too,
+its dQ kernel adds the selection's dQ partials of its own query tiles, token range by token range, in place of the
+selection's dQ reduction (so the memory-bound sum runs beside the compression's MMAs). ``fwd_async_gathers`` /
+``bwd_async_gathers`` run the Gluon block kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper),
+``fwd_async_buffers`` being the forward's query-row buffers (rows copied that many steps minus one ahead). ``topk``
+launches the importance and top-n kernels (:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon
+importance kernel of :mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the
+combine backward writes the gated dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
+DQ_KEYS = {"block_m", "num_warps", "num_stages", "maxnreg", "async_dq", "async_block_n", "async_dq_maxnreg"}
+"""The launch parameters of :func:`~nsa_kernels.attention.branch_dq` among a branch's backward tuning."""
 
 
 def _tuning_from_env() -> None:
@@ -176,7 +181,7 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
         forward = {"async_block_n": tune["async_fwd_block_n"], "maxnreg": tune["async_fwd_maxnreg"]}
         kwargs.update(rows, asynchronous=True, **forward)
     if phase == "bwd" and "dq" in kernels:
-        kwargs.update(rows, async_dq=True)
+        kwargs.update(rows, async_dq=True, async_dq_maxnreg=tune["async_dq_maxnreg"])
     if phase == "bwd" and "dkv" in kernels:
         kwargs.update(dkv_block_m=tune["async_dkv_block_m"], dkv_num_warps=tune["async_dkv_num_warps"], async_dkv=True)
     return kwargs
@@ -377,34 +382,67 @@ def nsa_bwd(
         return branch_bwd(
             q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
             plan=plan or plans(tune["block_m"]), gated=name in gated, scale=scale, geometry=geometry,
-            dq_out=final_dq(name), **kw, **tune,
+            dq_out=dq_final if kw.get("skip_dq") else final_dq(name), **kw, **tune,
         )  # fmt: skip
 
-    if "slc" in branches and SELECTION["algo"] == "block":
+    def cmp_keys() -> tuple[dict, Tensor, Tensor]:
+        plan = plans(_branch_tuning("cmp", q, "bwd")["block_m"])
+        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
+        return plan, *pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], memo=plan["memo"], **pool)
+
+    def cmp_dkv(plan: dict, k_cmp: Tensor, v_cmp: Tensor, dkv, **kw):
+        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
+        dk_cmp, dv_cmp = branch_grad("cmp", CMP, k_cmp, v_cmp, plan, cmp_dkv=TUNING["cmp_dkv"], **kw)
+        return pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
+
+    block_slc = "slc" in branches and SELECTION["algo"] == "block"
+    tune = _phase_tuning("bwd")
+    dq_in_cmp = tune.pop("dq_in_cmp")
+    if block_slc and "cmp" in branches and dq_in_cmp:
+        # the compression dQ adds the selection's dQ partials of its tiles, token range by token range
+        if "swd" in branches:
+            dkv = branch_grad("swd", SWD, k, v, accumulate_dq=False, dkv=None)
+        plan_cmp, k_cmp, v_cmp = cmp_keys()
+        cmp_tune = _branch_tuning("cmp", q, "bwd")
+        dq_out = final_dq("cmp")
+
+        def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int) -> None:
+            branch_dq(
+                q, k_cmp, v_cmp, gated.get("cmp", do), gates, lse["cmp"], delta[0], dq, mode=CMP, plan=plan_cmp,
+                scale=scale, geometry=geometry, accumulate_dq="swd" in branches, dq_out=dq_out, gated="cmp" in gated,
+                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo),
+                **{key: value for key, value in cmp_tune.items() if key in DQ_KEYS},
+            )  # fmt: skip
+
         plan = plans(TUNING["slc_block"]["block_m"])
-        tune = _phase_tuning("bwd")
         sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
         dkv = selection_bwd(
             q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated,
-            dq_out=final_dq("slc"), **tune,
+            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated, dkv=dkv,
+            dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"], **tune,
         )  # fmt: skip
-        accumulate = True
-    elif "slc" in branches:
-        plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, True)
-        dkv = branch_grad("slc", SLC, k, v, plan, accumulate_dq=False, dkv=None)
-        accumulate = True
-    if "swd" in branches:
-        dkv = branch_grad("swd", SWD, k, v, accumulate_dq=accumulate, dkv=dkv)
-        accumulate = True
-    if dkv is not None:
-        dkv = (dkv[0][0], dkv[1][0])
-    if "cmp" in branches:
-        plan = plans(_branch_tuning("cmp", q, "bwd")["block_m"])
-        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
-        k_cmp, v_cmp = pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], memo=plan["memo"], **pool)
-        dk_cmp, dv_cmp = branch_grad("cmp", CMP, k_cmp, v_cmp, accumulate_dq=accumulate, cmp_dkv=TUNING["cmp_dkv"])
-        dkv = pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
+        dkv = cmp_dkv(plan_cmp, k_cmp, v_cmp, (dkv[0][0], dkv[1][0]), accumulate_dq=False, skip_dq=True)
+    else:
+        if block_slc:
+            plan = plans(TUNING["slc_block"]["block_m"])
+            sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
+            dkv = selection_bwd(
+                q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
+                select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated,
+                dq_out=final_dq("slc"), **tune,
+            )  # fmt: skip
+            accumulate = True
+        elif "slc" in branches:
+            plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, True)
+            dkv = branch_grad("slc", SLC, k, v, plan, accumulate_dq=False, dkv=None)
+            accumulate = True
+        if "swd" in branches:
+            dkv = branch_grad("swd", SWD, k, v, accumulate_dq=accumulate, dkv=dkv)
+            accumulate = True
+        if dkv is not None:
+            dkv = (dkv[0][0], dkv[1][0])
+        if "cmp" in branches:
+            dkv = cmp_dkv(*cmp_keys(), dkv, accumulate_dq=accumulate)
     dtype = q.dtype
     return (
         dq_final.reshape(shape_q),

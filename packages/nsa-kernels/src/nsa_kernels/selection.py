@@ -20,6 +20,9 @@ Shape legend:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -30,9 +33,10 @@ from nsa_kernels.attention import (
     _load_grad_rows,
     _load_keys,
     _load_rows,
+    _selection_dq_sum,
     launch_options,
 )
-from nsa_kernels.index import cached, selection_csr, selection_csr_size, token_block_offsets, work_chunks
+from nsa_kernels.index import cached, selection_csr, selection_csr_size, tile_at, token_block_offsets, work_chunks
 
 
 @triton.jit
@@ -422,14 +426,7 @@ def slc_bwd_kernel_reduce_dq(
     t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
     row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
-    acc = tl.zeros([BM, BD], tl.float32)
-    for slot in range(S):
-        e = (t * HKV + h) * S + slot
-        ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
-        pe = (((t - t_base) * HKV + h) * S + slot) * G + g
-        acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0).to(
-            tl.float32
-        )
+    acc = _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, d, HKV, S, G, D, BM, BD)
     ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -459,21 +456,31 @@ def selection_plan(
     return {"entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices}
 
 
-def _token_ranges(sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int):
-    """Token ranges of at most ``partial_elems / per_token_elems`` tokens and the work items of each.
+def _token_ranges(
+    sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int, cuts: list[int] | None = None
+):
+    """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``) and the work
+    items of each.
 
     Work items are sized by an upper bound (no device sync): ``E / item`` full items plus one partial
     item per CSR row, ``E`` = the range's selections.
     """
-    step = max(1, partial_elems // per_token_elems)
     _, HKV, S = sel["block_indices"].shape
     base = sel["row_base"]
-    for t_lo in range(0, N, step):
-        t_hi = min(t_lo + step, N)
+    if cuts is None:
+        cuts = [*range(0, N, max(1, partial_elems // per_token_elems)), N]
+    for t_lo, t_hi in itertools.pairwise(cuts):
         lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
         hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
         entries = (t_hi - t_lo) * HKV * S
         yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
+
+
+def _tile_cuts(lens: list[int], N: int, step: int, tokens_per_tile: int) -> tuple[list[int], list[int]]:
+    """Range cuts about ``step`` tokens apart, each moved back to the start of its tile of ``tokens_per_tile``
+    (:func:`~nsa_kernels.index.tile_at`): the token cuts and the tile index at each."""
+    at = sorted({tile_at(lens, tokens_per_tile, t) for t in range(0, N, step)} | {tile_at(lens, tokens_per_tile, N)})
+    return [token for _, token in at], [tile for tile, _ in at]
 
 
 def _dkv_groups(ranges, elems_per_item: int, budget: int):
@@ -608,6 +615,8 @@ def selection_bwd(
     dq_halves: bool = False,
     dkv_partial_elems: int = 0,
     async_gathers: bool = False,
+    dq_reduce: Callable[[torch.Tensor, int, int, int, int], None] | None = None,
+    reduce_tiles: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -632,15 +641,19 @@ def selection_bwd(
     S = blk_idx.shape[-1]
     blk_seq, blk_start = plan["slc_blocks"]
     step = max(1, partial_elems // (HQ * S * D))
+    cuts, tiles = [*range(0, N, step), N], None
+    if dq_reduce is not None:
+        cuts, tiles = _tile_cuts(plan["lens"], N, step, reduce_tiles)
+    longest = max((b - a for a, b in itertools.pairwise(cuts)), default=0)
     part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
-    dq_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=part_dtype)
+    dq_part = torch.empty(longest * HKV * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
     async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers, q, D, BD, BN, BM)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item)
+    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, cuts)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
     for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
@@ -663,6 +676,9 @@ def selection_bwd(
                 )  # fmt: skip
             firsts.append(row_first + item_base)
             item_base += NW
+            if dq_reduce is not None:
+                dq_reduce(dq_part, t_lo, t_hi, tiles[cuts.index(t_lo)], tiles[cuts.index(t_hi)])
+                continue
             slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
                 dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
                 ACCUMULATE=accumulate_dq, **{**common, "num_warps": merge_warps},
