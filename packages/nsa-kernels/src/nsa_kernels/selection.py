@@ -641,9 +641,10 @@ def selection_bwd(
     S = blk_idx.shape[-1]
     blk_seq, blk_start = plan["slc_blocks"]
     step = max(1, partial_elems // (HQ * S * D))
-    cuts, tiles = [*range(0, N, step), N], None
+    cuts, tile_of = [*range(0, N, step), N], None
     if dq_reduce is not None:
         cuts, tiles = _tile_cuts(plan["lens"], N, step, reduce_tiles)
+        tile_of = dict(zip(cuts, tiles, strict=True))
     longest = max((b - a for a, b in itertools.pairwise(cuts)), default=0)
     part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
     dq_part = torch.empty(longest * HKV * S, G, D, device=q.device, dtype=part_dtype)
@@ -677,7 +678,7 @@ def selection_bwd(
             firsts.append(row_first + item_base)
             item_base += NW
             if dq_reduce is not None:
-                dq_reduce(dq_part, t_lo, t_hi, tiles[cuts.index(t_lo)], tiles[cuts.index(t_hi)])
+                dq_reduce(dq_part, t_lo, t_hi, tile_of[t_lo], tile_of[t_hi])
                 continue
             slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
                 dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
