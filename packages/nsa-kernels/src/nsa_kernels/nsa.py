@@ -403,15 +403,14 @@ def nsa_bwd(
         if "swd" in branches:
             dkv = branch_grad("swd", SWD, k, v, accumulate_dq=False, dkv=None)
         plan_cmp, k_cmp, v_cmp = cmp_keys()
-        cmp_tune = _branch_tuning("cmp", q, "bwd")
+        cmp_tune = {key: value for key, value in _branch_tuning("cmp", q, "bwd").items() if key in DQ_KEYS}
         dq_out = final_dq("cmp")
 
         def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int) -> None:
             branch_dq(
                 q, k_cmp, v_cmp, gated.get("cmp", do), gates, lse["cmp"], delta[0], dq, mode=CMP, plan=plan_cmp,
                 scale=scale, geometry=geometry, accumulate_dq="swd" in branches, dq_out=dq_out, gated="cmp" in gated,
-                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo),
-                **{key: value for key, value in cmp_tune.items() if key in DQ_KEYS},
+                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo), **cmp_tune,
             )  # fmt: skip
 
         plan = plans(TUNING["slc_block"]["block_m"])
