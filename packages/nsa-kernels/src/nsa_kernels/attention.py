@@ -577,8 +577,15 @@ def branch_dq(
     tiles: tuple[int, int] | None = None,
     slc_partials: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> None:
-    """The dQ pass of :func:`branch_bwd` alone, over the query tiles ``tiles = (first, end)`` of ``plan`` (all by
-    default); ``async_dq_maxnreg`` caps the registers of the Gluon kernel.
+    """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
+    ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
+    ``tiles = (first, end)`` of ``plan`` (all by default).
+
+    ``gated``: ``do`` is this branch's gated gradient already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes
+    straight into the MMAs; otherwise the kernels multiply each dO row by the gate. ``block_m`` sets the rows of a
+    query tile, ``maxnreg`` caps the registers per thread of the Triton kernel. ``async_dq``: the Gluon kernel of
+    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping over
+    ``async_block_n`` keys, its registers capped at ``async_dq_maxnreg``.
 
     ``slc_partials = (dq_part, block_indices, t_base)``: also add the selection's per-selection dQ partials
     ``[E, G, D]`` of the tokens from ``t_base`` on (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``),
@@ -620,7 +627,7 @@ def branch_dq(
     )  # fmt: skip
 
 
-def branch_bwd(
+def branch_dkv(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -628,15 +635,12 @@ def branch_bwd(
     gates: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
-    dq: torch.Tensor,
     *,
     mode: int,
     plan: dict,
     scale: float,
     geometry: dict,
-    accumulate_dq: bool,
     dkv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    dq_out: torch.Tensor | None = None,
     block_m: int = 64,
     dkv_block_m: int = 64,
     num_warps: int = 4,
@@ -644,39 +648,21 @@ def branch_bwd(
     cmp_dkv: dict | None = None,
     gated: bool = False,
     maxnreg: int | None = None,
-    async_dq: bool = False,
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
-    async_block_n: int = 32,
-    async_dq_maxnreg: int | None = None,
-    skip_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of one branch: adds its dQ into ``dq`` (fp32) and returns its dK/dV.
-
-    With ``dq_out`` (the last dQ writer: the input dtype) the sum goes there instead of back into ``dq``.
+    """The dK/dV pass of one branch (its dQ pass is :func:`branch_dq`); arguments as there.
 
     For ``SLC`` and ``SWD`` the dK/dV go into ``dkv`` (fp32 ``[1, N, HKV, D]`` pair; stored when
     ``dkv`` is ``None``, accumulated otherwise). For ``CMP`` they are the gradients of the compressed
-    keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges. ``block_m`` sets the
-    rows of the dQ pass, ``dkv_block_m`` those of the dK/dV pass (query rows gathered per step).
+    keys, ``[NC, HKV, D]`` each, reduced in order over ``NSPLIT`` token ranges. ``dkv_block_m`` sets the query rows
+    gathered per step (at least ``block_m``).
     ``cmp_dkv`` sets the ``CMP`` dK/dV pass: ``block_n`` compressed keys per program, ``num_warps``, and
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
-    that gives more programs than the equal shares). ``gated``: ``do`` is this branch's gated gradient
-    already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes straight into the MMAs; otherwise the
-    kernels multiply each dO row by the gate.
-    ``maxnreg`` caps the registers per thread of both kernels. ``async_dq`` / ``async_dkv``: the Gluon kernels of
-    :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where they apply (see :func:`async_kernel`);
-    ``dkv_num_warps`` sets the warps of the Gluon dK/dV kernel, ``async_block_n`` the keys per step of the Gluon dQ,
-    ``async_dq_maxnreg`` its register cap. ``skip_dq``: the dK/dV pass only (the dQ pass runs elsewhere,
-    :func:`branch_dq`).
+    that gives more programs than the equal shares). ``maxnreg`` caps the registers per thread of the Triton kernel;
+    ``async_dkv``: the Gluon kernel of :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see
+    :func:`async_kernel`), on ``dkv_num_warps`` warps.
     """
-    if not skip_dq:
-        branch_dq(
-            q, k, v, do, gates, lse, delta, dq, mode=mode, plan=plan, scale=scale, geometry=geometry,
-            accumulate_dq=accumulate_dq, dq_out=dq_out, block_m=block_m, num_warps=num_warps, num_stages=num_stages,
-            gated=gated, maxnreg=maxnreg, async_dq=async_dq, async_block_n=async_block_n,
-            async_dq_maxnreg=async_dq_maxnreg,
-        )  # fmt: skip
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
     c = _bwd_common(q, k, mode, plan, geometry, block_m, gated)

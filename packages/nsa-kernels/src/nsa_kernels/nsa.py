@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_bwd, branch_dq, branch_fwd
+from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_dkv, branch_dq, branch_fwd
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
     block_table,
@@ -134,6 +134,8 @@ combine backward writes the gated dO of a branch once (not per row).
 SELECTION = {"algo": "block"}
 DQ_KEYS = {"block_m", "num_warps", "num_stages", "maxnreg", "async_dq", "async_block_n", "async_dq_maxnreg"}
 """The launch parameters of :func:`~nsa_kernels.attention.branch_dq` among a branch's backward tuning."""
+DKV_SHARED_KEYS = {"block_m", "num_warps", "num_stages", "maxnreg"}
+"""Those of them that :func:`~nsa_kernels.attention.branch_dkv` takes too."""
 
 
 def _tuning_from_env() -> None:
@@ -167,8 +169,9 @@ def _phase_tuning(phase: str) -> dict:
 
 
 def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
-    """``TUNING[name]`` as keyword arguments of ``branch_fwd`` (``phase`` "fwd") or ``branch_bwd`` ("bwd"): the
-    ``async_*`` launch parameters replace the Triton ones for the Gluon kernels that apply."""
+    """``TUNING[name]`` as keyword arguments of ``branch_fwd`` (``phase`` "fwd") or ``branch_dq`` / ``branch_dkv``
+    ("bwd", split by ``DQ_KEYS``): the ``async_*`` launch parameters replace the Triton ones for the Gluon kernels that
+    apply."""
     kwargs = {key: value for key, value in TUNING[name].items() if not key.startswith("async")}
     kernels = set(TUNING[name].get("async", ())) if async_applies(q) else set()
     tune = {**ASYNC_BRANCH, **TUNING[name]}
@@ -376,23 +379,45 @@ def nsa_bwd(
 
     dkv = None
     accumulate = False
+    pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
+
+    def grad_inputs(name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)]
+
+    def dq_pass(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw) -> None:
+        tune = _branch_tuning(name, q, "bwd")
+        branch_dq(
+            q, keys, values, *grad_inputs(name), dq, mode=mode, plan=plan or plans(tune["block_m"]),
+            gated=name in gated, scale=scale, geometry=geometry, **kw,
+            **{key: value for key, value in tune.items() if key in DQ_KEYS},
+        )  # fmt: skip
+
+    def dkv_pass(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw):
+        tune = _branch_tuning(name, q, "bwd")
+        return branch_dkv(
+            q, keys, values, *grad_inputs(name), mode=mode, plan=plan or plans(tune["block_m"]), gated=name in gated,
+            scale=scale, geometry=geometry, **kw,
+            **{key: value for key, value in tune.items() if key not in DQ_KEYS - DKV_SHARED_KEYS},
+        )  # fmt: skip
 
     def branch_grad(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw):
-        tune = _branch_tuning(name, q, "bwd")
-        return branch_bwd(
-            q, keys, values, gated.get(name, do), gates, lse[name], delta[BRANCHES.index(name)], dq, mode=mode,
-            plan=plan or plans(tune["block_m"]), gated=name in gated, scale=scale, geometry=geometry,
-            dq_out=dq_final if kw.get("skip_dq") else final_dq(name), **kw, **tune,
+        dq_pass(name, mode, keys, values, plan, accumulate_dq=accumulate, dq_out=final_dq(name))
+        return dkv_pass(name, mode, keys, values, plan, **kw)
+
+    def selection_grad(**kw) -> tuple[Tensor, Tensor]:
+        plan = plans(TUNING["slc_block"]["block_m"])
+        sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
+        return selection_bwd(
+            q, k, v, *grad_inputs("slc"), dq, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"],
+            accumulate_dq=False, gated="slc" in gated, **kw, **tune,
         )  # fmt: skip
 
     def cmp_keys() -> tuple[dict, Tensor, Tensor]:
         plan = plans(_branch_tuning("cmp", q, "bwd")["block_m"])
-        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
         return plan, *pool_fwd(k, v, cu, plan["cu_keys_cmp"], cmp_lens=plan["cmp_lens"], memo=plan["memo"], **pool)
 
-    def cmp_dkv(plan: dict, k_cmp: Tensor, v_cmp: Tensor, dkv, **kw):
-        pool = dict(compress_block=geometry["compress_block"], compress_stride=geometry["compress_stride"])
-        dk_cmp, dv_cmp = branch_grad("cmp", CMP, k_cmp, v_cmp, plan, cmp_dkv=TUNING["cmp_dkv"], **kw)
+    def cmp_dkv(plan: dict, k_cmp: Tensor, v_cmp: Tensor, dkv):
+        dk_cmp, dv_cmp = dkv_pass("cmp", CMP, k_cmp, v_cmp, plan, cmp_dkv=TUNING["cmp_dkv"])
         return pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
 
     block_slc = "slc" in branches and SELECTION["algo"] == "block"
@@ -401,47 +426,35 @@ def nsa_bwd(
     if block_slc and "cmp" in branches and dq_in_cmp:
         # the compression dQ adds the selection's dQ partials of its tiles, token range by token range
         if "swd" in branches:
-            dkv = branch_grad("swd", SWD, k, v, accumulate_dq=False, dkv=None)
+            dkv = branch_grad("swd", SWD, k, v, dkv=None)
         plan_cmp, k_cmp, v_cmp = cmp_keys()
-        cmp_tune = {key: value for key, value in _branch_tuning("cmp", q, "bwd").items() if key in DQ_KEYS}
         dq_out = final_dq("cmp")
 
         def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int) -> None:
-            branch_dq(
-                q, k_cmp, v_cmp, gated.get("cmp", do), gates, lse["cmp"], delta[0], dq, mode=CMP, plan=plan_cmp,
-                scale=scale, geometry=geometry, accumulate_dq="swd" in branches, dq_out=dq_out, gated="cmp" in gated,
-                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo), **cmp_tune,
+            dq_pass(
+                "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
+                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo),
             )  # fmt: skip
 
-        plan = plans(TUNING["slc_block"]["block_m"])
-        sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
-        dkv = selection_bwd(
-            q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-            select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated, dkv=dkv,
-            dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"], **tune,
-        )  # fmt: skip
-        dkv = cmp_dkv(plan_cmp, k_cmp, v_cmp, (dkv[0][0], dkv[1][0]), accumulate_dq=False, skip_dq=True)
+        dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])
+        dkv = cmp_dkv(plan_cmp, k_cmp, v_cmp, (dkv[0][0], dkv[1][0]))
     else:
         if block_slc:
-            plan = plans(TUNING["slc_block"]["block_m"])
-            sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
-            dkv = selection_bwd(
-                q, k, v, gated.get("slc", do), gates, lse["slc"], delta[1], dq, plan=plan, sel=sel, scale=scale,
-                select_block=geometry["select_block"], accumulate_dq=False, gated="slc" in gated,
-                dq_out=final_dq("slc"), **tune,
-            )  # fmt: skip
+            dkv = selection_grad(dq_out=final_dq("slc"))
             accumulate = True
         elif "slc" in branches:
             plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, True)
-            dkv = branch_grad("slc", SLC, k, v, plan, accumulate_dq=False, dkv=None)
+            dkv = branch_grad("slc", SLC, k, v, plan, dkv=None)
             accumulate = True
         if "swd" in branches:
-            dkv = branch_grad("swd", SWD, k, v, accumulate_dq=accumulate, dkv=dkv)
+            dkv = branch_grad("swd", SWD, k, v, dkv=dkv)
             accumulate = True
         if dkv is not None:
             dkv = (dkv[0][0], dkv[1][0])
         if "cmp" in branches:
-            dkv = cmp_dkv(*cmp_keys(), dkv, accumulate_dq=accumulate)
+            plan_cmp, k_cmp, v_cmp = cmp_keys()
+            dq_pass("cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq=accumulate, dq_out=final_dq("cmp"))
+            dkv = cmp_dkv(plan_cmp, k_cmp, v_cmp, dkv)
     dtype = q.dtype
     return (
         dq_final.reshape(shape_q),

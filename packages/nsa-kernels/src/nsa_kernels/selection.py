@@ -624,7 +624,7 @@ def selection_bwd(
 
     Token ranges as in :func:`selection_fwd`; their dK/dV partials are reduced into the result in order.
     ``dq_partials_fp32=False`` stores the per-selection dQ partials in the input dtype (half the bytes;
-    the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_bwd`; ``maxnreg`` and
+    the reduction stays fp32). ``gated`` as in :func:`~nsa_kernels.attention.branch_dq`; ``maxnreg`` and
     ``merge_*`` as in :func:`selection_fwd` (the merge is the dQ reduction). ``dq_halves``: each step's dQ
     partial is computed and stored as two D/2-wide halves (fewer live registers; D tiles of at least 32).
     ``dkv_partial_elems``: the dK/dV partials of consecutive token ranges are kept until they hold that many
