@@ -14,6 +14,7 @@ Run: ``python benchmarks/attention.py --seqlens 8192 32768 65536 131072 --json o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -231,27 +232,36 @@ def cmp_variant_rows(T: int) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def tuning_override(text: str):
+    """``TUNING`` updated by a JSON object in the format of ``NSA_KERNELS_TUNING`` (``{}`` = the defaults) inside the
+    block, and restored after it."""
+    base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
+    try:
+        for name, values in json.loads(text).items():
+            nsa.TUNING[name].update(values)
+        yield
+    finally:
+        nsa.TUNING.clear()
+        nsa.TUNING.update(base)
+
+
 def tuning_rows(T: int, overrides: list[str]) -> list[dict]:
-    """Ours (all branches, fwd and fwd+bwd) per ``TUNING`` override, each a JSON object in the format of
-    ``NSA_KERNELS_TUNING`` applied on top of the defaults (``{}`` = the defaults, measured in the same loop)."""
+    """Ours (all branches, fwd and fwd+bwd) per ``TUNING`` override (:func:`tuning_override`), measured in one loop."""
     q, k, v, g = inputs(T)
     do = torch.randn_like(q)
-    base = {name: dict(cfg) for name, cfg in nsa.TUNING.items()}
     rows = []
 
     def fwd():
         return nsa_func(q, k, v, g, **NSA)
 
     for text in overrides:
-        for name, values in json.loads(text).items():
-            nsa.TUNING[name].update(values)
         try:
-            rows.append({"T": T, "tuning": text, "fwd": bench(fwd),
-                         "fwd_bwd": bench(lambda: fwd().backward(do), (q, k, v, g))})  # fmt: skip
+            with tuning_override(text):
+                rows.append({"T": T, "tuning": text, "fwd": bench(fwd),
+                             "fwd_bwd": bench(lambda: fwd().backward(do), (q, k, v, g))})  # fmt: skip
         except Exception as error:
             print(f"T={T:>6} tuning {text} failed: {error!r}"[:400], flush=True)
-        nsa.TUNING.clear()
-        nsa.TUNING.update({name: dict(cfg) for name, cfg in base.items()})
     return rows
 
 

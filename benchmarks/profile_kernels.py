@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 
 import torch
-from attention import NSA, inputs
+from attention import NSA, inputs, tuning_override
 from torch.profiler import ProfilerActivity, profile
 
 from nsa_kernels import nsa_func
@@ -108,20 +108,25 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--host-top", type=int, default=0, help="list this many functions by own host time")
+    parser.add_argument("--tuning", nargs="+", default=["{}"],
+                        help="TUNING overrides (JSON, as NSA_KERNELS_TUNING) profiled in turn at each T; repeat one "
+                        "to alternate settings in one process")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "runs": []}
     for T in args.seqlens:
-        for phase, fn in calls(T).items():
-            res = kernel_times(fn, args.iters)
-            res["host_ms"], listing = host_time(fn, 3, args.host_top)
-            results["runs"].append({"T": T, "phase": phase, **res})
-            print(f"\nT={T} {phase}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
-                  f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
-            print(listing)
-            for name, ms, launches in res["kernels"][: args.top]:
-                print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
-        torch.cuda.empty_cache()
+        for text in args.tuning:
+            with tuning_override(text):
+                for phase, fn in calls(T).items():
+                    res = kernel_times(fn, args.iters)
+                    res["host_ms"], listing = host_time(fn, 3, args.host_top)
+                    results["runs"].append({"T": T, "tuning": text, "phase": phase, **res})
+                    print(f"\nT={T} {phase} {text}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
+                          f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
+                    print(listing)
+                    for name, ms, launches in res["kernels"][: args.top]:
+                        print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
+            torch.cuda.empty_cache()
     results["compiled"] = compiled_kernels()
     print("\nkernel                          regs  spill B  warps  shared B")
     for row in results["compiled"]:
