@@ -1,9 +1,9 @@
 """NSA attention speed at the VideoNSA shape against dense SDPA (cuDNN, flash) and fla-core's ``parallel_nsa``.
 
-One process, one GPU. For each T: forward and forward+backward medians (``triton.testing.do_bench``,
-with p20/p80) of ours (all three branches and gates), SDPA cuDNN and flash (causal, ``enable_gqa``), and
-fla-core 0.6.0 ``parallel_nsa`` (cmp + slc, no window, query heads padded to 16 per KV head) when it
-imports; per-branch times of ours; selection variants (block-outer vs tile-outer, launch settings);
+One process, one GPU. For each T: forward and forward+backward medians (``triton.testing.do_bench`` over at least
+``MIN_RUNS`` runs, with p20/p80) of ours (all three branches and gates), SDPA cuDNN and flash (causal,
+``enable_gqa``), and fla-core 0.6.0 ``parallel_nsa`` (cmp + slc, no window, query heads padded to 16 per KV head)
+when it imports; per-branch times of ours; selection variants (block-outer vs tile-outer, launch settings);
 compression dK/dV variants; on request a second, separately labelled structured (temporally smooth)
 input with the block-overlap statistics of both inputs; TFLOP/s on the FLOPs each method executes (NSA cost model of
 ``kernel-notes.md`` §3, dense causal for SDPA, 64 padded heads for fla); peak memory.
@@ -47,9 +47,21 @@ def dense_flops(T: int) -> tuple[float, float]:
     return fwd, 3.5 * fwd
 
 
+MIN_RUNS = 10
+"""Timed runs per measurement at least: ``do_bench`` alone times as many as fit in its ``rep`` budget, which is one
+or two runs of a 100 ms call."""
+
+
 def bench(fn, grad_inputs=None) -> tuple[float, float, float]:
-    """Median, p20, p80 in ms; with ``grad_inputs`` the grads are reset between runs."""
-    return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_inputs, warmup=25, rep=200))
+    """Median, p20, p80 in ms over at least ``MIN_RUNS`` runs; with ``grad_inputs`` the grads are reset between runs."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    rep = max(200.0, MIN_RUNS * start.elapsed_time(end))
+    return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_inputs, warmup=25, rep=rep))
 
 
 def inputs(T: int, heads: int = HQ, structured: bool = False):
