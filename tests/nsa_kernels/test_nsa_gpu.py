@@ -127,6 +127,8 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
         (True, {"bwd_dq_halves": False, "fwd_o_halves": False, **TRITON_BLOCK_KERNELS}),
         (True, TRITON_BLOCK_KERNELS),
         (True, {"bwd_dq_in_cmp": False, "partial_elems": 2**24}),
+        (True, {"bwd_range_heads": 0, "partial_elems": 2**22}),
+        (True, {"partial_elems": 2**22}),
     ],
     ids=[
         "ungated-dO-bwd-64rows-4warps",
@@ -134,17 +136,21 @@ def test_compression_dkv_settings_flash_attention_rule(cmp_dkv, monkeypatch):
         "whole-partials",
         "triton-block-kernels",
         "selection-dq-reduction",
+        "short-ranges-over-all-heads",
+        "short-ranges-per-head",
     ],
 )
 def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch):
     """The non-default selection settings (the defaults are pregated dO, 128-row 8-warp backward steps, partial
-    outputs and dQ in D halves, the dQ partials added by the compression dQ, and on Hopper the forward and backward
-    with asynchronous gathers, so the Triton block kernels run here only where they are asked for)."""
+    outputs and dQ in D halves, the dQ partials added by the compression dQ, backward token ranges per KV head, and
+    on Hopper the forward and backward with asynchronous gathers, so the Triton block kernels run here only where they
+    are asked for)."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **slc_block})
-    test_videonsa_geometry_flash_attention_rule(4096, 1, True, False, monkeypatch)
+    kv_heads = 2 if "partial_elems" in slc_block else 1
+    test_videonsa_geometry_flash_attention_rule(4096, kv_heads, True, False, monkeypatch)
 
 
 def test_forward_backward_without_host_sync_and_in_a_cuda_graph():

@@ -295,16 +295,36 @@ def test_selection_ranges_cut_at_query_tiles():
     assert _tile_cuts(lens, 140, 1, 9)[0] == [0, *starts[1:], 140]
 
 
+def test_backward_ranges_split_kv_heads_only_where_that_saves_ranges():
+    """KV heads per backward token range: as few as asked where that means fewer ranges, all of them where the
+    partials of all heads fit as few ranges (one launch, as at short T), and always a divisor of HKV."""
+    from nsa_kernels.selection import _range_heads
+
+    def heads(N: int, wanted: int = 1, HKV: int = 4) -> int:
+        return _range_heads(HKV, wanted, N, 10, 1000)
+
+    assert heads(25) == 4
+    assert heads(26) == 2 and heads(50) == 2
+    assert heads(51) == 1 and heads(10_000) == 1
+    assert heads(10_000, wanted=0) == 4
+    assert heads(10_000, wanted=3) == 1
+    assert heads(10_000, wanted=2) == 2
+    assert heads(30, HKV=6) == 3 and heads(10_000, HKV=6) == 1
+    assert heads(0) == 4
+
+
 def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
-    """Groups of token ranges whose dK/dV partials fit the element budget; a range larger than it stands alone."""
+    """Groups of token ranges whose dK/dV partials (those of all their head groups) fit the element budget; a range
+    larger than it stands alone."""
     from nsa_kernels.selection import _dkv_groups
 
-    ranges = [(i, 0, (torch.empty(items),)) for i, items in enumerate((52, 52, 52, 52, 10, 400))]
+    sizes = (52, 52, 52, 52, 10, 400)
+    ranges = [(i, 0, [(0, (torch.empty(n - n // 3),)), (1, (torch.empty(n // 3),))]) for i, n in enumerate(sizes)]
 
     def groups(budget: int) -> list[tuple[int, int]]:
         out = []
         for group, items in _dkv_groups(iter(ranges), 2, budget):
-            assert items == sum(r[2][0].numel() for r in group)
+            assert items == sum(sizes[r[0]] for r in group)
             out.append((group[0][0], group[-1][0] + 1))
         return out
 
@@ -314,23 +334,28 @@ def test_dkv_partials_of_consecutive_ranges_are_grouped_within_the_budget():
 
 
 @pytest.mark.parametrize(
-    ("algo", "fwd_item", "pregate", "bwd_block_m", "dq_in_cmp"),
+    ("algo", "fwd_item", "pregate", "bwd_block_m", "dq_in_cmp", "range_heads"),
     [
-        ("block", 288, False, 64, True),
-        ("block", 6, True, 128, True),
-        ("block", 6, False, 64, False),
-        ("tile", 288, False, 64, True),
+        ("block", 288, False, 64, True, 1),
+        ("block", 6, True, 128, True, 1),
+        ("block", 6, True, 128, True, 0),
+        ("block", 6, False, 64, False, 1),
+        ("block", 6, False, 64, False, 0),
+        ("tile", 288, False, 64, True, 1),
     ],
 )
-def test_backward_settings_match_reference(algo, fwd_item, pregate, bwd_block_m, dq_in_cmp, monkeypatch, poison_empty):
+def test_backward_settings_match_reference(
+    algo, fwd_item, pregate, bwd_block_m, dq_in_cmp, range_heads, monkeypatch, poison_empty
+):
     """Backward with dO gated per row in the kernels or once before them, 64- or 128-row selection steps,
-    selection in 17-token ranges or one, its dQ partials added by the compression dQ or by their own reduction;
-    varlen with an empty sequence."""
+    selection in 17-token ranges or one, its dQ partials added by the compression dQ or by their own reduction,
+    the backward's ranges per KV head or over both; varlen with an empty sequence."""
     from nsa_kernels import nsa
 
     monkeypatch.setitem(nsa.SELECTION, "algo", algo)
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
-    tune = {"bwd_block_m": bwd_block_m, "fwd_item": fwd_item, "bwd_dq_in_cmp": dq_in_cmp}
+    tune = {"bwd_block_m": bwd_block_m, "fwd_item": fwd_item, "bwd_dq_in_cmp": dq_in_cmp,
+            "bwd_range_heads": range_heads}  # fmt: skip
     if fwd_item < 100:
         tune["partial_elems"] = 14 * 4 * 5 * 17
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **tune})

@@ -251,15 +251,16 @@ def branch_fwd_kernel_attn_async(
 
 
 @gluon.jit
-def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, ok, h, d, LAYOUT: gl.constexpr,
-                            HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, S: gl.constexpr,
-                            ACCUMULATE: gl.constexpr):  # fmt: skip
-    # store the dQ tile acc plus the selection dQ partials of its rows (token t, head h·G + g; summed as in
-    # attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT, loading the partials of SLOTS slots at a time
+def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, ok, h, h0, d, LAYOUT: gl.constexpr,
+                            HQ: gl.constexpr, HKV: gl.constexpr, HR: gl.constexpr, G: gl.constexpr, D: gl.constexpr,
+                            S: gl.constexpr, ACCUMULATE: gl.constexpr):  # fmt: skip
+    # store the dQ tile acc plus the selection dQ partials of its rows (token t, head h·G + g; the partials of KV heads
+    # [h0, h0 + HR), summed as in attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT, loading the
+    # partials of SLOTS slots at a time
     SLOTS: gl.constexpr = 2
     total = gl.convert_layout(acc, LAYOUT)
     sel_row = (t * HKV + h) * S
-    part_row = ((t - part_t0) * HKV + h) * S
+    part_row = ((t - part_t0) * HR + h - h0) * S
     for s0 in range(0, S, SLOTS):
         for i in gl.static_range(SLOTS):
             slot = s0 + i
@@ -276,10 +277,10 @@ def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, o
 @gluon.jit
 def branch_bwd_kernel_dq_async(
     q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_idx,
-    part_t0, tile0, scale, scale2,
+    part_t0, h0, tile0, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
-    ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, num_warps: gl.constexpr,
+    ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, PART_HR: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
     TT: gl.constexpr = BM // G
@@ -291,7 +292,7 @@ def branch_bwd_kernel_dq_async(
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0) + tile0
-    h = gl.program_id(1)
+    h = h0 + gl.program_id(1)
     t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
     start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
     q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
@@ -338,7 +339,7 @@ def branch_bwd_kernel_dq_async(
 
     if PART_S > 0:
         _store_dq_with_partials(acc * scale, dq, dq_out, slc_part, slc_idx, part_t0, t_g.to(gl.int64), r_g % G, ok_g,
-                                h, d, GATHER, HQ, HKV, G, D, PART_S, ACCUMULATE)  # fmt: skip
+                                h, h0, d, GATHER, HQ, HKV, PART_HR, G, D, PART_S, ACCUMULATE)  # fmt: skip
     else:
         r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
         d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))

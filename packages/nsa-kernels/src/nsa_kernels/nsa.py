@@ -78,6 +78,7 @@ TUNING = {
         "fwd_item": 576,
         "bwd_item": 1152,
         "bwd_dkv_partial_elems": 2**29,
+        "bwd_range_heads": 1,
         "bwd_async_gathers": True,
         "bwd_dq_in_cmp": True,
         "partial_elems": 2**31,
@@ -118,9 +119,11 @@ warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in th
 compression dK/dV pass (compressed keys per program, warps, token chunk per program: 0 = equal shares of each key tile's
 range). ``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work
 item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` /
-``bwd_x`` override ``x`` in one phase; ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ
-tile as two D/2-wide halves (fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers
-during the current step; ``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced
+``bwd_x`` override ``x`` in one phase; ``bwd_range_heads``: KV heads per token range of the backward (0 = all;
+fewer heads per range give longer ranges for the same partials, so fewer work items); ``fwd_o_halves`` /
+``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves (fewer live registers);
+``fwd_prefetch`` loads the next step's query rows into registers during the current step; ``bwd_dkv_partial_elems``
+bounds the dK/dV partials of the token ranges that are reduced
 together (fewer read-and-rewrite passes over the fp32 dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too,
 its dQ kernel adds the selection's dQ partials of its own query tiles, token range by token range, in place of the
 selection's dQ reduction (so the memory-bound sum runs beside the compression's MMAs). ``fwd_async_gathers`` /
@@ -430,10 +433,10 @@ def nsa_bwd(
         plan_cmp, k_cmp, v_cmp = cmp_keys()
         dq_out = final_dq("cmp")
 
-        def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int) -> None:
+        def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads) -> None:
             dq_pass(
                 "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
-                tiles=(tile_lo, tile_hi), slc_partials=(dq_part, block_indices, t_lo),
+                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(dq_part, block_indices, t_lo),
             )  # fmt: skip
 
         dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])

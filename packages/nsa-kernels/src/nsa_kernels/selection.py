@@ -21,6 +21,7 @@ Shape legend:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -75,6 +76,13 @@ def _decode_entries(ent, base, hi, tok, TT: tl.constexpr, HKV: tl.constexpr, S: 
 def _entries(csr_ent, base, hi, tok, TT: tl.constexpr, HKV: tl.constexpr, S: tl.constexpr):
     # the CSR entries base + tok (< hi) of one step: row mask, selection e = (t·HKV + h)·S + slot, token t
     return _decode_entries(_load_entries(csr_ent, base, hi, tok, TT), base, hi, tok, TT, HKV, S)
+
+
+@triton.jit
+def _range_selection(e, t, e_base, h0, HKV: tl.constexpr, HR: tl.constexpr, S: tl.constexpr):
+    # the index of selection e = (t·HKV + h)·S + slot among the partials of a token range that starts at selection
+    # e_base (its first token's) and holds the KV heads [h0, h0 + HR): ((t - t_base)·HR + h - h0)·S + slot
+    return e - e_base - ((t - e_base // (HKV * S)) * (HKV - HR) + h0) * S
 
 
 @triton.jit
@@ -273,13 +281,14 @@ def _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr,
 
 @triton.jit
 def _slc_bwd_step(
-    qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+    qt, dot, lse2, delta_row, row_ok, part, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos,
     dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
 ):  # fmt: skip
-    # dK/dV sums and per-entry dQ partials of the selections e (rows row_ok, tokens t); k_a, k_b: K halves or K twice
+    # dK/dV sums and the dQ partials (at range selections part) of the rows row_ok of tokens t; k_a, k_b: K halves
+    # or K twice
     mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
     dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-    _store_product(dq_part, (e - e_base) * G + g, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
+    _store_product(dq_part, part * G + g, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
     return dk_acc, dv_acc
 
 
@@ -292,7 +301,7 @@ def slc_bwd_kernel_block(
     gates,  # [N, HQ, 3]
     lse,  # [N, HQ] natural log, of the selection branch
     delta,  # [N, HQ]
-    dq_part,  # [E, G, D] fp32 or the input dtype
+    dq_part,  # [E, G, D] fp32 or the input dtype: the range's selections of KV heads [h0, h0 + HR)
     dk_part,  # [NW, BN, D] fp32
     dv_part,  # [NW, BN, D] fp32
     cu_seqlens,
@@ -304,6 +313,7 @@ def slc_bwd_kernel_block(
     item_hi,
     NB,
     e_base,
+    h0,
     item_base,  # first row of this launch's items in dk_part / dv_part
     scale,
     scale2,
@@ -318,6 +328,7 @@ def slc_bwd_kernel_block(
     S: tl.constexpr,
     C: tl.constexpr,
     DQ_HALVES: tl.constexpr,
+    HR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     TT: tl.constexpr = BM // G
@@ -344,8 +355,9 @@ def slc_bwd_kernel_block(
     for base in range(lo, hi, TT):
         row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
         qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
+        part = _range_selection(e, t, e_base, h0, HKV, HR, S)
         dk_acc, dv_acc = _slc_bwd_step(
-            qt, dot, lse2, delta_row, row_ok, e, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos, e_base,
+            qt, dot, lse2, delta_row, row_ok, part, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos,
             dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
         )  # fmt: skip
     offs = ((item_base + pid).to(tl.int64) * BN + n)[:, None] * D + d[None, :]
@@ -358,7 +370,7 @@ def slc_bwd_kernel_block(
 def slc_bwd_kernel_reduce_dkv(
     dk_part,  # [NW, BN, D] items of `ranges` consecutive token ranges
     dv_part,
-    row_first,  # [ranges, HKV·NB + 1] first work item of each CSR row, per token range
+    row_first,  # [ranges · HKV / HR, HR·NB + 1] first work item of each CSR row, per token range and HR KV heads
     ranges,
     dk,  # [N, HKV, D] fp32
     dv,
@@ -372,9 +384,11 @@ def slc_bwd_kernel_reduce_dkv(
     BN: tl.constexpr,
     SB: tl.constexpr,
     ACCUMULATE: tl.constexpr,
+    HR: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
+    rows = row_first + (h // HR) * (HR * NB + 1) + (h % HR) * NB + b
     seq = tl.load(blk_seq + b)
     k0 = tl.load(blk_start + b)
     bos = tl.load(cu_seqlens + seq)
@@ -386,8 +400,8 @@ def slc_bwd_kernel_reduce_dkv(
     dv_acc = tl.zeros([BN, BD], tl.float32)
     part_mask = (n < BN)[:, None] & (d[None, :] < D)
     for r in range(ranges):
-        first = tl.load(row_first + r * (HKV * NB + 1) + h * NB + b)
-        last = tl.load(row_first + r * (HKV * NB + 1) + h * NB + b + 1)
+        first = tl.load(rows + r * (HKV // HR) * (HR * NB + 1))
+        last = tl.load(rows + r * (HKV // HR) * (HR * NB + 1) + 1)
         for item in range(first, last):
             offs = (item * BN + n).to(tl.int64)[:, None] * D + d[None, :]
             dk_acc += tl.load(dk_part + offs, mask=part_mask, other=0.0)
@@ -403,12 +417,13 @@ def slc_bwd_kernel_reduce_dkv(
 
 @triton.jit
 def slc_bwd_kernel_reduce_dq(
-    dq_part,  # [E, G, D] fp32 or the input dtype
+    dq_part,  # [E, G, D] fp32 or the input dtype: the range's selections of KV heads [h0, h0 + HR)
     blk_idx,  # [N, HKV, S]
     dq,  # [N, HQ, D] fp32, accumulated from
     dq_out,  # [N, HQ, D] fp32 or the input dtype, stored (may be dq)
     t_base,
     t_end,
+    h0,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -417,8 +432,9 @@ def slc_bwd_kernel_reduce_dq(
     BM: tl.constexpr,
     S: tl.constexpr,
     ACCUMULATE: tl.constexpr,
+    HR: tl.constexpr,
 ):
-    h = tl.program_id(1)
+    h = h0 + tl.program_id(1)
     TT: tl.constexpr = BM // G
     r = tl.arange(0, BM)
     tok = r // G
@@ -426,7 +442,7 @@ def slc_bwd_kernel_reduce_dq(
     t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
     row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
-    acc = _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, d, HKV, S, G, D, BM, BD)
+    acc = _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, h0, d, HKV, HR, S, G, D, BM, BD)
     ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -457,23 +473,51 @@ def selection_plan(
 
 
 def _token_ranges(
-    sel: dict, N: int, per_token_elems: int, partial_elems: int, item: int, cuts: list[int] | None = None
+    sel: dict,
+    N: int,
+    per_token_elems: int,
+    partial_elems: int,
+    item: int,
+    cuts: list[int] | None = None,
+    heads: int | None = None,
 ):
-    """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``) and the work
-    items of each.
+    """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``), each as
+    ``(t_lo, t_hi, units)``: one unit ``(h0, work items)`` per group of ``heads`` KV heads (all by default), whose
+    items cover the CSR rows of the KV heads ``[h0, h0 + heads)``.
 
     Work items are sized by an upper bound (no device sync): ``E / item`` full items plus one partial
-    item per CSR row, ``E`` = the range's selections.
+    item per CSR row, ``E`` = the unit's selections.
     """
     _, HKV, S = sel["block_indices"].shape
+    heads = heads or HKV
+    blocks = sel["rows"] // HKV
     base = sel["row_base"]
     if cuts is None:
         cuts = [*range(0, N, max(1, partial_elems // per_token_elems)), N]
     for t_lo, t_hi in itertools.pairwise(cuts):
         lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
         hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
-        entries = (t_hi - t_lo) * HKV * S
-        yield t_lo, t_hi, work_chunks(lo, hi, item, entries // item + min(sel["rows"], entries))
+        entries = (t_hi - t_lo) * heads * S
+        units = []
+        for h0 in range(0, HKV, heads):
+            rows = slice(h0 * blocks, (h0 + heads) * blocks)
+            item_row, *rest = work_chunks(lo[rows], hi[rows], item, entries // item + min(heads * blocks, entries))
+            units.append((h0, (item_row + h0 * blocks, *rest)))
+        yield t_lo, t_hi, units
+
+
+def _range_heads(HKV: int, wanted: int, N: int, head_token_elems: int, partial_elems: int) -> int:
+    """KV heads per backward token range: all for ``wanted`` 0, else the most (a multiple of ``gcd(HKV, wanted)`` that
+    divides HKV) whose token ranges, ``partial_elems / (heads · head_token_elems)`` tokens each, are no more than those
+    of the fewest (so a call whose partials fit one range keeps one launch)."""
+    if not wanted:
+        return HKV
+    fewest = math.gcd(HKV, wanted)
+
+    def ranges(heads: int) -> int:
+        return -(-N // max(1, partial_elems // (heads * head_token_elems)))
+
+    return max(h for h in range(fewest, HKV + 1, fewest) if HKV % h == 0 and ranges(h) <= ranges(fewest))
 
 
 def _tile_cuts(lens: list[int], N: int, step: int, tokens_per_tile: int) -> tuple[list[int], list[int]]:
@@ -488,7 +532,7 @@ def _dkv_groups(ranges, elems_per_item: int, budget: int):
     than the budget forms a group of its own); yields ``(group, items)``."""
     group, items = [], 0
     for token_range in ranges:
-        size = token_range[2][0].numel()
+        size = sum(tables[0].numel() for _, tables in token_range[2])
         if group and (items + size) * elems_per_item > budget:
             yield group, items
             group, items = [], 0
@@ -565,7 +609,7 @@ def selection_fwd(
     step = max(1, partial_elems // (HQ * S * D))
     o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
     lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
-    for t_lo, t_hi, (item_row, item_lo, item_hi, _) in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
+    for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _))] in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
         if item_row.numel() and async_kernel:
             async_kernel[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"], item_row, item_lo,
@@ -615,8 +659,9 @@ def selection_bwd(
     dq_halves: bool = False,
     dkv_partial_elems: int = 0,
     async_gathers: bool = False,
-    dq_reduce: Callable[[torch.Tensor, int, int, int, int], None] | None = None,
+    dq_reduce: Callable[..., None] | None = None,
     reduce_tiles: int = 1,
+    range_heads: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -631,6 +676,13 @@ def selection_bwd(
     elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
     ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper,
     ``D`` of 64 or 128, 64-key blocks), which copies the next step's rows while a step computes.
+
+    ``range_heads``: the token ranges hold the partials of as few as ``gcd(HKV, range_heads)`` KV heads (0 = all; more
+    where that needs no more ranges, :func:`_range_heads`), one launch per head group, so the same ``partial_elems``
+    spans more tokens and each CSR row splits into fewer work items (each reloads its K/V block and writes a dK/dV
+    partial). ``dq_reduce(dq_part, t_lo, t_hi, tile_lo, tile_hi, heads)`` sums a range's partials instead of the
+    reduction kernel, over the query tiles ``[tile_lo, tile_hi)`` (cut at multiples of ``reduce_tiles`` tokens) and the
+    KV heads ``heads = (h0, count)``.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -640,54 +692,58 @@ def selection_bwd(
     blk_idx = sel["block_indices"]
     S = blk_idx.shape[-1]
     blk_seq, blk_start = plan["slc_blocks"]
-    step = max(1, partial_elems // (HQ * S * D))
+    HR = _range_heads(HKV, range_heads, N, G * S * D, partial_elems)
+    step = max(1, partial_elems // (HR * G * S * D))
     cuts, tile_of = [*range(0, N, step), N], None
     if dq_reduce is not None:
         cuts, tiles = _tile_cuts(plan["lens"], N, step, reduce_tiles)
         tile_of = dict(zip(cuts, tiles, strict=True))
     longest = max((b - a for a, b in itertools.pairwise(cuts)), default=0)
     part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
-    dq_part = torch.empty(longest * HKV * S, G, D, device=q.device, dtype=part_dtype)
+    dq_part = torch.empty(longest * HR * S, G, D, device=q.device, dtype=part_dtype)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
     async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers, q, D, BD, BN, BM)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, cuts)
+    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
     for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         dv_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         item_base, firsts = 0, []
-        for t_lo, t_hi, (item_row, item_lo, item_hi, row_first) in group:
-            NW = item_row.numel()
-            if NW and async_kernel:
-                async_kernel[(NW,)](
-                    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-                    sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
-                    scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C, num_warps=num_warps,
+        for t_lo, t_hi, units in group:
+            for h0, (item_row, item_lo, item_hi, row_first) in units:
+                NW = item_row.numel()
+                if NW and async_kernel:
+                    async_kernel[(NW,)](
+                        q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq,
+                        blk_start, sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, h0,
+                        item_base, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C,
+                        HR=HR, num_warps=num_warps,
+                    )  # fmt: skip
+                elif NW:
+                    slc_bwd_kernel_block[(NW,)](
+                        q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq,
+                        blk_start, sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, h0,
+                        item_base, scale, scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C,
+                        DQ_HALVES=dq_halves and BD >= 32, HR=HR, num_stages=num_stages, **launch_options(maxnreg),
+                        **common,
+                    )  # fmt: skip
+                firsts.append(row_first + item_base)
+                item_base += NW
+                if dq_reduce is not None:
+                    dq_reduce(dq_part, t_lo, t_hi, tile_of[t_lo], tile_of[t_hi], (h0, HR))
+                    continue
+                slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HR)](
+                    dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, h0, HQ=HQ, G=G, BM=merge_bm,
+                    S=S, ACCUMULATE=accumulate_dq, HR=HR, **{**common, "num_warps": merge_warps},
                 )  # fmt: skip
-            elif NW:
-                slc_bwd_kernel_block[(NW,)](
-                    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq, blk_start,
-                    sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, item_base, scale,
-                    scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C, DQ_HALVES=dq_halves and BD >= 32,
-                    num_stages=num_stages, **launch_options(maxnreg), **common,
-                )  # fmt: skip
-            firsts.append(row_first + item_base)
-            item_base += NW
-            if dq_reduce is not None:
-                dq_reduce(dq_part, t_lo, t_hi, tile_of[t_lo], tile_of[t_hi])
-                continue
-            slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HKV)](
-                dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, HQ=HQ, G=G, BM=merge_bm, S=S,
-                ACCUMULATE=accumulate_dq, **{**common, "num_warps": merge_warps},
-            )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](
                 dk_part, dv_part, torch.stack(firsts), len(group), dkv[0], dkv[1], plan["cu_seqlens"], blk_seq,
-                blk_start, blk_seq.numel(), BN=BN, SB=SB, ACCUMULATE=accumulate, **common,
+                blk_start, blk_seq.numel(), BN=BN, SB=SB, ACCUMULATE=accumulate, HR=HR, **common,
             )  # fmt: skip
         accumulate = True
     return dkv

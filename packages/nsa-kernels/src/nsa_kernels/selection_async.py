@@ -42,6 +42,7 @@ from nsa_kernels.selection import (
     _entries,
     _load_entries,
     _masked_entries,
+    _range_selection,
     _work_item,
 )
 
@@ -260,9 +261,9 @@ def slc_fwd_kernel_block_async(
 @gluon.jit
 def slc_bwd_kernel_block_async(
     q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row,
-    item_lo, item_hi, NB, e_base, item_base, scale, scale2,
+    item_lo, item_hi, NB, e_base, h0, item_base, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-    SB: gl.constexpr, S: gl.constexpr, C: gl.constexpr, num_warps: gl.constexpr,
+    SB: gl.constexpr, S: gl.constexpr, C: gl.constexpr, HR: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     # arguments as slc_bwd_kernel_block (BD = D)
     TT: gl.constexpr = BM // G
@@ -331,8 +332,8 @@ def slc_bwd_kernel_block_async(
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
-        ok_dq, e_dq, _, g_dq = _rows_of(step_g, base, hi, r_gather, G, TT, HKV, S)
-        dq_offs = ((e_dq - e_base) * G + g_dq)[:, None] * D + d[None, :]
+        ok_dq, e_dq, t_dq, g_dq = _rows_of(step_g, base, hi, r_gather, G, TT, HKV, S)
+        dq_offs = (_range_selection(e_dq, t_dq, e_base, h0, HKV, HR, S) * G + g_dq)[:, None] * D + d[None, :]
         dq = warpgroup_mma_wait(2, deps=[dq])
         gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
                  mask=ok_dq[:, None])  # fmt: skip
