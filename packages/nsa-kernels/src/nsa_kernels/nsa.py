@@ -119,8 +119,9 @@ warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in th
 compression dK/dV pass (compressed keys per program, warps, token chunk per program: 0 = equal shares of each key tile's
 range). ``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work
 item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` /
-``bwd_x`` override ``x`` in one phase; ``bwd_range_heads``: KV heads per token range of the backward (0 = all;
-fewer heads per range give longer ranges for the same partials, so fewer work items); ``fwd_o_halves`` /
+``bwd_x`` override ``x`` in one phase; ``bwd_range_heads``: the fewest KV heads per token range of the backward, used
+where they mean fewer ranges (0 = all; fewer heads per range give longer ranges for the same partials, so fewer work
+items); ``fwd_o_halves`` /
 ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves (fewer live registers);
 ``fwd_prefetch`` loads the next step's query rows into registers during the current step; ``bwd_dkv_partial_elems``
 bounds the dK/dV partials of the token ranges that are reduced
@@ -433,7 +434,9 @@ def nsa_bwd(
         plan_cmp, k_cmp, v_cmp = cmp_keys()
         dq_out = final_dq("cmp")
 
-        def dq_with_selection(dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads) -> None:
+        def dq_with_selection(
+            dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads: tuple[int, int]
+        ) -> None:
             dq_pass(
                 "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
                 tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(dq_part, block_indices, t_lo),
