@@ -121,11 +121,10 @@ range). ``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`
 item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` /
 ``bwd_x`` override ``x`` in one phase; ``bwd_range_heads``: the fewest KV heads per token range of the backward, used
 where they mean fewer ranges (0 = all; fewer heads per range give longer ranges for the same partials, so fewer work
-items); ``fwd_o_halves`` /
-``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves (fewer live registers);
-``fwd_prefetch`` loads the next step's query rows into registers during the current step; ``bwd_dkv_partial_elems``
-bounds the dK/dV partials of the token ranges that are reduced
-together (fewer read-and-rewrite passes over the fp32 dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too,
+items); ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves
+(fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the current step;
+``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together (fewer
+read-and-rewrite passes over the fp32 dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too,
 its dQ kernel adds the selection's dQ partials of its own query tiles, token range by token range, in place of the
 selection's dQ reduction (so the memory-bound sum runs beside the compression's MMAs). ``fwd_async_gathers`` /
 ``bwd_async_gathers`` run the Gluon block kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper),
