@@ -233,16 +233,16 @@ def _load_grad_rows(do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr, 
 
 
 @triton.jit
-def _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, h0, d, HKV: tl.constexpr, HR: tl.constexpr,
-                      S: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
-                      BD: tl.constexpr):  # fmt: skip
-    # fp32 sum over the slots with a block of the selection dQ partials [E, G, D] of rows (token t, head h·G + g):
-    # those of a token range from t_base on and the KV heads [h0, h0 + HR), ((t - t_base)·HR + h - h0)·S + slot, in
-    # slot order
+def _selection_dq_sum(dq_part, part_row, t, g, row_ok, t_base, h, h0, d, HR: tl.constexpr, S: tl.constexpr,
+                      G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):  # fmt: skip
+    # fp32 sum over the slots with a block of the selection dQ partials [R, D] of rows (token t, head h·G + g), in slot
+    # order: those of a token range from t_base on and the KV heads [h0, h0 + HR), the G rows of selection
+    # ((t - t_base)·HR + h - h0)·S + slot starting at its part_row entry (-1: an empty slot)
     acc = tl.zeros([BM, BD], tl.float32)
     for slot in range(S):
-        chosen = row_ok & (tl.load(blk_idx + (t * HKV + h) * S + slot, mask=row_ok, other=-1) >= 0)
-        pe = (((t - t_base) * HR + h - h0) * S + slot) * G + g
+        row = tl.load(part_row + ((t - t_base) * HR + h - h0) * S + slot, mask=row_ok, other=-1)
+        chosen = row >= 0
+        pe = row.to(tl.int64) + g
         acc += tl.load(dq_part + pe[:, None] * D + d[None, :], mask=chosen[:, None] & (d[None, :] < D), other=0.0).to(
             tl.float32
         )
@@ -267,8 +267,8 @@ def branch_bwd_kernel_dq(
     union_off,
     union_blk,
     blk_idx,
-    slc_part,  # [E, G, D] selection dQ partials of the tokens from part_t0 on, added when PART_S > 0
-    slc_idx,  # [N, HKV, PART_S] their block indices
+    slc_part,  # [R, D] selection dQ partials of the tokens from part_t0 on, added when PART_S > 0
+    slc_row,  # [E] int32: the first slc_part row of each of their selections (-1: an empty slot)
     part_t0,
     h0,  # first KV head of this launch (and of the partials)
     tile0,  # first tile of this launch
@@ -347,8 +347,8 @@ def branch_bwd_kernel_dq(
 
     acc = acc * scale
     if PART_S > 0:
-        acc += _selection_dq_sum(slc_part, slc_idx, t.to(tl.int64), head - h * G, row_ok, part_t0, h, h0, d, HKV,
-                                 PART_HR, PART_S, G, D, BM, BD)  # fmt: skip
+        acc += _selection_dq_sum(slc_part, slc_row, t.to(tl.int64), head - h * G, row_ok, part_t0, h, h0, d, PART_HR,
+                                 PART_S, G, D, BM, BD)  # fmt: skip
     dq_ptrs = dq + t.to(tl.int64)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -580,7 +580,7 @@ def branch_dq(
     async_dq_maxnreg: int | None = None,
     tiles: tuple[int, int] | None = None,
     heads: tuple[int, int] | None = None,
-    slc_partials: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    slc_partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
 ) -> None:
     """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
     ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
@@ -592,8 +592,8 @@ def branch_dq(
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping over
     ``async_block_n`` keys, its registers capped at ``async_dq_maxnreg``.
 
-    ``slc_partials = (dq_part, block_indices, t_base)``: also add the selection's per-selection dQ partials
-    ``[E, G, D]`` of the tokens from ``t_base`` on (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``),
+    ``slc_partials = (dq_part, part_row, block_indices, t_base)``: also add the selection's per-selection dQ partials
+    of the tokens from ``t_base`` on (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``),
     which the tiles' tokens must all have. ``heads = (h0, count)`` runs the KV heads ``[h0, h0 + count)`` only (all by
     default); the partials then hold those heads alone.
     """
@@ -607,7 +607,7 @@ def branch_dq(
         return
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (c["dummy"],) * 3
     S = blk_idx.shape[-1] if mode == SLC else 1
-    part, part_idx, part_t0 = slc_partials or (c["dummy"], c["dummy"], 0)
+    part, part_row, part_idx, part_t0 = slc_partials or (c["dummy"], c["dummy"], c["dummy"], 0)
     part_s = part_idx.shape[-1] if slc_partials else 0
     dq_out = dq if dq_out is None else dq_out
     h0, head_count = (0, HKV) if heads is None else heads
@@ -618,7 +618,7 @@ def branch_dq(
 
         dq_kernel[grid](
             q, *key_descriptors(k, v, async_block_n), do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"],
-            c["cu_keys"], tile_seq, tile_start, part, part_idx, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ,
+            c["cu_keys"], tile_seq, tile_start, part, part_row, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ,
             HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"],
             CS=geometry["compress_stride"], W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s,
             PART_HR=head_count, num_warps=num_warps, **launch_options(async_dq_maxnreg),
@@ -626,7 +626,7 @@ def branch_dq(
         return
     branch_bwd_kernel_dq[grid](
         q, k, v, do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"], c["cu_keys"], tile_seq, tile_start, union_off,
-        union_blk, blk_idx, part, part_idx, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D,
+        union_blk, blk_idx, part, part_row, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D,
         BD=c["BD"], BM=BM, BN=c["BN_slc"] if mode == SLC else 64, MODE=mode, C=c["C"], CL=geometry["compress_block"],
         CS=geometry["compress_stride"], SB=geometry["select_block"], S=S, NSP=max(triton.next_power_of_2(S), 2),
         W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s, PART_HR=head_count, num_warps=num_warps,

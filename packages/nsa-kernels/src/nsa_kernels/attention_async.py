@@ -251,23 +251,24 @@ def branch_fwd_kernel_attn_async(
 
 
 @gluon.jit
-def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, ok, h, h0, d, LAYOUT: gl.constexpr,
-                            HQ: gl.constexpr, HKV: gl.constexpr, HR: gl.constexpr, G: gl.constexpr, D: gl.constexpr,
-                            S: gl.constexpr, ACCUMULATE: gl.constexpr):  # fmt: skip
+def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_row, part_t0, t, g, ok, h, h0, d, LAYOUT: gl.constexpr,
+                            HQ: gl.constexpr, HR: gl.constexpr, G: gl.constexpr, D: gl.constexpr, S: gl.constexpr,
+                            ACCUMULATE: gl.constexpr):  # fmt: skip
     # store the dQ tile acc plus the selection dQ partials of its rows (token t, head h·G + g; the partials of KV heads
     # [h0, h0 + HR), summed as in attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT, loading the
     # partials of SLOTS slots at a time
     SLOTS: gl.constexpr = 2
     total = gl.convert_layout(acc, LAYOUT)
-    sel_row = (t * HKV + h) * S
-    part_row = ((t - part_t0) * HR + h - h0) * S
+    first_sel = ((t - part_t0) * HR + h - h0) * S
     for s0 in range(0, S, SLOTS):
         for i in gl.static_range(SLOTS):
             slot = s0 + i
             has_slot = ok & (slot < S)
-            chosen = has_slot & (gl.load(slc_idx + sel_row + slot, mask=has_slot, other=-1) >= 0)
-            rows = (part_row + slot) * G + g
-            total += gl.load(slc_part + rows[:, None] * D + d[None, :], mask=chosen[:, None], other=0.0).to(gl.float32)
+            row = gl.load(slc_row + first_sel + slot, mask=has_slot, other=-1)
+            rows = row.to(gl.int64) + g
+            total += gl.load(slc_part + rows[:, None] * D + d[None, :], mask=(row >= 0)[:, None], other=0.0).to(
+                gl.float32
+            )
     offs = (t * HQ + h * G + g)[:, None] * D + d[None, :]
     if ACCUMULATE:
         total += gl.load(dq + offs, mask=ok[:, None], other=0.0)
@@ -276,7 +277,7 @@ def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_idx, part_t0, t, g, o
 
 @gluon.jit
 def branch_bwd_kernel_dq_async(
-    q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_idx,
+    q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_row,
     part_t0, h0, tile0, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
@@ -338,8 +339,8 @@ def branch_bwd_kernel_dq_async(
         acc = warpgroup_mma_wait(0, deps=[acc])
 
     if PART_S > 0:
-        _store_dq_with_partials(acc * scale, dq, dq_out, slc_part, slc_idx, part_t0, t_g.to(gl.int64), r_g % G, ok_g,
-                                h, h0, d, GATHER, HQ, HKV, PART_HR, G, D, PART_S, ACCUMULATE)  # fmt: skip
+        _store_dq_with_partials(acc * scale, dq, dq_out, slc_part, slc_row, part_t0, t_g.to(gl.int64), r_g % G, ok_g,
+                                h, h0, d, GATHER, HQ, PART_HR, G, D, PART_S, ACCUMULATE)  # fmt: skip
     else:
         r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
         d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))

@@ -434,11 +434,11 @@ def nsa_bwd(
         dq_out = final_dq("cmp")
 
         def dq_with_selection(
-            dq_part: Tensor, t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads: tuple[int, int]
+            partials: tuple[Tensor, Tensor], t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads: tuple[int, int]
         ) -> None:
             dq_pass(
                 "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
-                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(dq_part, block_indices, t_lo),
+                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(*partials, block_indices, t_lo),
             )  # fmt: skip
 
         dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])

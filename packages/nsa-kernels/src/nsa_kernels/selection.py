@@ -281,14 +281,13 @@ def _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C: tl.constexpr,
 
 @triton.jit
 def _slc_bwd_step(
-    qt, dot, lse2, delta_row, row_ok, part, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos,
-    dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
+    qt, dot, lse2, delta_row, row_ok, rows, t, kt, vt, k_a, k_b, dq_part, d, dh, kpos, k_ok, bos,
+    dk_acc, dv_acc, scale, scale2, DQ_HALVES: tl.constexpr, D: tl.constexpr, HD: tl.constexpr,
 ):  # fmt: skip
-    # dK/dV sums and the dQ partials (at range selections part) of the rows row_ok of tokens t; k_a, k_b: K halves
-    # or K twice
+    # dK/dV sums and the dQ partials (at rows of dq_part) of the rows row_ok of tokens t; k_a, k_b: K halves or K twice
     mask = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= (t - bos)[:, None])
     dk_acc, dv_acc, ds = _dkv_step(qt, dot, kt, vt, mask, lse2, delta_row, dk_acc, dv_acc, scale2)
-    _store_product(dq_part, part * G + g, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
+    _store_product(dq_part, rows, row_ok, ds, k_a, k_b, scale, d, dh, DQ_HALVES, D, HD)
     return dk_acc, dv_acc
 
 
@@ -301,7 +300,8 @@ def slc_bwd_kernel_block(
     gates,  # [N, HQ, 3]
     lse,  # [N, HQ] natural log, of the selection branch
     delta,  # [N, HQ]
-    dq_part,  # [E, G, D] fp32 or the input dtype: the range's selections of KV heads [h0, h0 + HR)
+    dq_part,  # [R, D] fp32 or the input dtype: BM rows per step of the launch, (token slot, head g) in a step
+    part_row,  # [E] int32: the first dq_part row of each selection of the range's KV heads [h0, h0 + HR), written here
     dk_part,  # [NW, BN, D] fp32
     dv_part,  # [NW, BN, D] fp32
     cu_seqlens,
@@ -311,6 +311,7 @@ def slc_bwd_kernel_block(
     item_row,
     item_lo,
     item_hi,
+    item_step,  # [NW] int32: the launch's first step of each item
     NB,
     e_base,
     h0,
@@ -352,13 +353,15 @@ def slc_bwd_kernel_block(
     tok = r // G
     g = r % G
     head = h * G + g
+    step0 = tl.load(item_step + pid)
     for base in range(lo, hi, TT):
         row_ok, e, t = _entries(csr_ent, base, hi, tok, TT, HKV, S)
         qt, dot, lse2, delta_row = _slc_bwd_rows(q, do, gates, lse, delta, t, head, d, row_ok, C, HQ, D)
-        part = _range_selection(e, t, e_base, h0, HKV, HR, S)
+        rows = (step0 + (base - lo) // TT).to(tl.int64) * BM + r
+        tl.store(part_row + _range_selection(e, t, e_base, h0, HKV, HR, S), rows, mask=row_ok & (g == 0))
         dk_acc, dv_acc = _slc_bwd_step(
-            qt, dot, lse2, delta_row, row_ok, part, t, kt, vt, k_a, k_b, dq_part, g, d, dh, kpos, k_ok, bos,
-            dk_acc, dv_acc, scale, scale2, DQ_HALVES, G, D, HD,
+            qt, dot, lse2, delta_row, row_ok, rows, t, kt, vt, k_a, k_b, dq_part, d, dh, kpos, k_ok, bos,
+            dk_acc, dv_acc, scale, scale2, DQ_HALVES, D, HD,
         )  # fmt: skip
     offs = ((item_base + pid).to(tl.int64) * BN + n)[:, None] * D + d[None, :]
     io_mask = (n < BN)[:, None] & (d[None, :] < D)
@@ -417,15 +420,14 @@ def slc_bwd_kernel_reduce_dkv(
 
 @triton.jit
 def slc_bwd_kernel_reduce_dq(
-    dq_part,  # [E, G, D] fp32 or the input dtype: the range's selections of KV heads [h0, h0 + HR)
-    blk_idx,  # [N, HKV, S]
+    dq_part,  # [R, D] fp32 or the input dtype: the range's partials (slc_bwd_kernel_block)
+    part_row,  # [E] int32: the first dq_part row of each of the range's selections (-1: an empty slot)
     dq,  # [N, HQ, D] fp32, accumulated from
     dq_out,  # [N, HQ, D] fp32 or the input dtype, stored (may be dq)
     t_base,
     t_end,
     h0,
     HQ: tl.constexpr,
-    HKV: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
     BD: tl.constexpr,
@@ -442,7 +444,7 @@ def slc_bwd_kernel_reduce_dq(
     t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
     row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
-    acc = _selection_dq_sum(dq_part, blk_idx, t, g, row_ok, t_base, h, h0, d, HKV, HR, S, G, D, BM, BD)
+    acc = _selection_dq_sum(dq_part, part_row, t, g, row_ok, t_base, h, h0, d, HR, S, G, D, BM, BD)
     ptrs = dq + t[:, None] * (HQ * D) + (h * G + g)[:, None] * D + d[None, :]
     io_mask = row_ok[:, None] & (d[None, :] < D)
     if ACCUMULATE:
@@ -485,8 +487,7 @@ def _token_ranges(
     ``(t_lo, t_hi, units)``: one unit ``(h0, work items)`` per group of ``heads`` KV heads (all by default), whose
     items cover the CSR rows of the KV heads ``[h0, h0 + heads)``.
 
-    Work items are sized by an upper bound (no device sync): ``E / item`` full items plus one partial
-    item per CSR row, ``E`` = the unit's selections.
+    Work items are sized by an upper bound (no device sync, :func:`_item_bound`).
     """
     _, HKV, S = sel["block_indices"].shape
     heads = heads or HKV
@@ -501,9 +502,23 @@ def _token_ranges(
         units = []
         for h0 in range(0, HKV, heads):
             rows = slice(h0 * blocks, (h0 + heads) * blocks)
-            item_row, *rest = work_chunks(lo[rows], hi[rows], item, entries // item + min(heads * blocks, entries))
+            item_row, *rest = work_chunks(lo[rows], hi[rows], item, _item_bound(entries, item, heads * blocks))
             units.append((h0, (item_row + h0 * blocks, *rest)))
         yield t_lo, t_hi, units
+
+
+def _item_bound(entries: int, item: int, rows: int) -> int:
+    """Upper bound on the work items of ``entries`` CSR entries in ``rows`` CSR rows, ``item`` per item: ``entries /
+    item`` full items plus one partial item per row."""
+    return entries // item + min(rows, entries)
+
+
+def _item_steps(item_lo: torch.Tensor, item_hi: torch.Tensor, tokens_per_step: int) -> torch.Tensor:
+    """First step of each work item among those of its launch, int32 ``[NW]``: the steps of ``tokens_per_step`` CSR
+    entries are numbered item by item (an item's last step may be short), and step ``s`` owns the dQ partial rows
+    ``[s·BM, (s + 1)·BM)``."""
+    steps = (item_hi - item_lo + tokens_per_step - 1) // tokens_per_step
+    return (torch.cumsum(steps, 0) - steps).to(torch.int32)
 
 
 def _range_heads(HKV: int, wanted: int, N: int, head_token_elems: int, partial_elems: int) -> int:
@@ -675,14 +690,18 @@ def selection_bwd(
     ``dkv_partial_elems``: the dK/dV partials of consecutive token ranges are kept until they hold that many
     elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
     ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper,
-    ``D`` of 64 or 128, 64-key blocks), which copies the next step's rows while a step computes.
+    ``D`` of 64 or 128, 64-key blocks, 16-bit partials), which copies the next step's rows while a step computes.
+
+    The dQ partials of a launch lie step by step: each step of ``BM // G`` CSR entries owns ``BM`` rows (token slot ·
+    G + head), its item's first step from :func:`_item_steps`, so a step's tile is one contiguous store; ``part_row``
+    maps each selection of the range to its first row (-1 for an empty slot) for the reduction.
 
     ``range_heads``: the token ranges hold the partials of as few as ``gcd(HKV, range_heads)`` KV heads (0 = all; more
     where that needs no more ranges, :func:`_range_heads`), one launch per head group, so the same ``partial_elems``
     spans more tokens and each CSR row splits into fewer work items (each reloads its K/V block and writes a dK/dV
-    partial). ``dq_reduce(dq_part, t_lo, t_hi, tile_lo, tile_hi, heads)`` sums a range's partials instead of the
-    reduction kernel, over the query tiles ``[tile_lo, tile_hi)`` (cut at multiples of ``reduce_tiles`` tokens) and the
-    KV heads ``heads = (h0, count)``.
+    partial). ``dq_reduce((dq_part, part_row), t_lo, t_hi, tile_lo, tile_hi, heads)`` sums a range's partials instead
+    of the reduction kernel, over the query tiles ``[tile_lo, tile_hi)`` (cut at multiples of ``reduce_tiles`` tokens)
+    and the KV heads ``heads = (h0, count)``.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -699,11 +718,18 @@ def selection_bwd(
         cuts, tiles = _tile_cuts(plan["lens"], N, step, reduce_tiles)
         tile_of = dict(zip(cuts, tiles, strict=True))
     longest = max((b - a for a, b in itertools.pairwise(cuts)), default=0)
-    part_dtype = torch.float32 if dq_partials_fp32 else q.dtype
-    dq_part = torch.empty(longest * HR * S, G, D, device=q.device, dtype=part_dtype)
+    TT = BM // G
+    entries = longest * HR * S
+    steps = entries // TT + _item_bound(entries, item, HR * blk_seq.numel()) + 1
+    dq_part = torch.empty(steps * BM, D, device=q.device, dtype=torch.float32 if dq_partials_fp32 else q.dtype)
+    part_row = torch.empty(entries, device=q.device, dtype=torch.int32)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
-    async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers, q, D, BD, BN, BM)
+    async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers and not dq_partials_fp32, q, D, BD, BN, BM)
+    if async_kernel:
+        from nsa_kernels.selection_async import partial_descriptor
+
+        dq_desc = partial_descriptor(dq_part, BM)
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -716,29 +742,31 @@ def selection_bwd(
         for t_lo, t_hi, units in group:
             for h0, (item_row, item_lo, item_hi, row_first) in units:
                 NW = item_row.numel()
+                part_row.fill_(-1)
+                item_step = _item_steps(item_lo, item_hi, TT)
                 if NW and async_kernel:
                     async_kernel[(NW,)](
-                        q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq,
-                        blk_start, sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, h0,
-                        item_base, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN, SB=SB, S=S, C=C,
-                        HR=HR, num_warps=num_warps,
+                        q, k, v, do, gates, lse, delta, dq_desc, part_row, dk_part, dv_part, plan["cu_seqlens"],
+                        blk_seq, blk_start, sel["entries"], item_row, item_lo, item_hi, item_step, blk_seq.numel(),
+                        t_lo * HKV * S, h0, item_base, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN,
+                        SB=SB, S=S, C=C, HR=HR, num_warps=num_warps,
                     )  # fmt: skip
                 elif NW:
                     slc_bwd_kernel_block[(NW,)](
-                        q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, plan["cu_seqlens"], blk_seq,
-                        blk_start, sel["entries"], item_row, item_lo, item_hi, blk_seq.numel(), t_lo * HKV * S, h0,
-                        item_base, scale, scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S, C=C,
-                        DQ_HALVES=dq_halves and BD >= 32, HR=HR, num_stages=num_stages, **launch_options(maxnreg),
-                        **common,
+                        q, k, v, do, gates, lse, delta, dq_part, part_row, dk_part, dv_part, plan["cu_seqlens"],
+                        blk_seq, blk_start, sel["entries"], item_row, item_lo, item_hi, item_step, blk_seq.numel(),
+                        t_lo * HKV * S, h0, item_base, scale, scale * LOG2E, HQ=HQ, G=G, BM=BM, BN=BN, SB=SB, S=S,
+                        C=C, DQ_HALVES=dq_halves and BD >= 32, HR=HR, num_stages=num_stages,
+                        **launch_options(maxnreg), **common,
                     )  # fmt: skip
                 firsts.append(row_first + item_base)
                 item_base += NW
                 if dq_reduce is not None:
-                    dq_reduce(dq_part, t_lo, t_hi, tile_of[t_lo], tile_of[t_hi], (h0, HR))
+                    dq_reduce((dq_part, part_row), t_lo, t_hi, tile_of[t_lo], tile_of[t_hi], (h0, HR))
                     continue
                 slc_bwd_kernel_reduce_dq[(triton.cdiv(t_hi - t_lo, merge_bm // G), HR)](
-                    dq_part, blk_idx, dq, dq if dq_out is None else dq_out, t_lo, t_hi, h0, HQ=HQ, G=G, BM=merge_bm,
-                    S=S, ACCUMULATE=accumulate_dq, HR=HR, **{**common, "num_warps": merge_warps},
+                    dq_part, part_row, dq, dq if dq_out is None else dq_out, t_lo, t_hi, h0, HQ=HQ, G=G, D=D, BD=BD,
+                    BM=merge_bm, S=S, ACCUMULATE=accumulate_dq, HR=HR, num_warps=merge_warps,
                 )  # fmt: skip
         if blk_seq.numel():
             slc_bwd_kernel_reduce_dkv[(blk_seq.numel(), HKV)](

@@ -11,14 +11,16 @@ while step i runs its warpgroup MMAs.
   that it is stored in 16-byte row pieces. 64 KB of shared memory and 168 registers: 3 CTAs per SM.
 - Backward: S = Q·Kᵀ, dP = dO·Vᵀ, the dQ partial dS·K, dV += Pᵀ·dO and dK += dSᵀ·Q. The step's LSE and delta rows
   are copied with its query/dO rows; P and dS go through shared memory, where the MMAs read them transposed; the dQ
-  tile is converted to a row layout for 16-byte stores while dV/dK run, and those are waited for only once the next
-  step's S/dP are issued (then that step's rows go out to the freed buffer). The CSR entries that address a step's
-  copies are loaded into registers a step earlier, and the L2 is asked for them three steps on.
+  tile goes to shared memory and out in one TMA store to the step's own BM partial rows while dV/dK run, and those are
+  waited for only once the next step's S/dP are issued (then that step's rows go out to the freed buffer). The CSR
+  entries that address a step's copies are loaded into registers a step earlier, and the L2 is asked for them three
+  steps on.
 - Both apply the causal/sequence key mask only on the steps that need it (the block's own tokens come first in its
   CSR list); rows past the item are zero-filled copies whose products vanish.
 
 Limits (the launcher falls back to the Triton kernel otherwise): compute capability 9.x, 16-bit inputs,
-a D tile of 64 or 128 equal to D, and 64-key selection blocks (BN = 64, the MMA's M for dK/dV).
+a D tile of 64 or 128 equal to D, and 64-key selection blocks (BN = 64, the MMA's M for dK/dV); the backward also
+needs 16-bit dQ partials (an fp32 tile has no room in shared memory).
 
 Shape legend as in :mod:`nsa_kernels.selection`.
 """
@@ -31,10 +33,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
+    tma,
     warpgroup_mma,
     warpgroup_mma_init,
     warpgroup_mma_wait,
 )
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from nsa_kernels.selection import (
     _block_softmax,
@@ -260,12 +264,12 @@ def slc_fwd_kernel_block_async(
 
 @gluon.jit
 def slc_bwd_kernel_block_async(
-    q, k, v, do, gates, lse, delta, dq_part, dk_part, dv_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row,
-    item_lo, item_hi, NB, e_base, h0, item_base, scale, scale2,
+    q, k, v, do, gates, lse, delta, dq_desc, part_row, dk_part, dv_part, cu_seqlens, blk_seq, blk_start, csr_ent,
+    item_row, item_lo, item_hi, item_step, NB, e_base, h0, item_base, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     SB: gl.constexpr, S: gl.constexpr, C: gl.constexpr, HR: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as slc_bwd_kernel_block (BD = D)
+    # arguments as slc_bwd_kernel_block (BD = D), the dQ partials as a TMA descriptor of [rows, D] in [BM, D] boxes
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -277,6 +281,8 @@ def slc_bwd_kernel_block_async(
     pid = gl.program_id(0)
     h, k0, bos, eos, lo, hi = _work_item(item_row, item_lo, item_hi, blk_seq, blk_start, cu_seqlens, pid, NB)
     k_smem, v_smem, q_smem, do_smem, p_smem, ds_smem, lse_smem, delta_smem = _dkv_buffers(dtype, BM, BN, D)
+    dq_smem = gl.allocate_shared_memory(dtype, [BM, D], dq_desc.layout)
+    step0 = gl.load(item_step + pid)
 
     d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
     n = gl.arange(0, BN, gl.SliceLayout(1, GATHER))
@@ -299,8 +305,10 @@ def slc_bwd_kernel_block_async(
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
         async_copy.wait_group(0)
-        gl.thread_barrier()
         fence_async_shared()
+        gl.thread_barrier()
+        if i > 0:
+            tma.async_copy_shared_to_global(dq_desc, [(step0 + i - 1) * BM, 0], dq_smem)
         q_buf = q_smem.index(i % 2)
         do_buf = do_smem.index(i % 2)
         s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
@@ -333,18 +341,30 @@ def slc_bwd_kernel_block_async(
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
         ok_dq, e_dq, t_dq, g_dq = _rows_of(step_g, base, hi, r_gather, G, TT, HKV, S)
-        dq_offs = (_range_selection(e_dq, t_dq, e_base, h0, HKV, HR, S) * G + g_dq)[:, None] * D + d[None, :]
+        step_row = (step0 + i) * BM
+        gl.store(part_row + _range_selection(e_dq, t_dq, e_base, h0, HKV, HR, S), step_row + r_gather,
+                 mask=ok_dq & (g_dq == 0))  # fmt: skip
         dq = warpgroup_mma_wait(2, deps=[dq])
-        gl.store(dq_part + dq_offs, gl.convert_layout((dq * scale).to(dq_part.dtype.element_ty), GATHER),
-                 mask=ok_dq[:, None])  # fmt: skip
+        tma.store_wait(0)
+        dq_smem.store((dq * scale).to(dtype))
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     async_copy.wait_group(0)
+    if hi > lo:
+        fence_async_shared()
+        gl.thread_barrier()
+        tma.async_copy_shared_to_global(dq_desc, [(step0 + gl.cdiv(hi - lo, TT) - 1) * BM, 0], dq_smem)
+        tma.store_wait(0)
 
     n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
     d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
     offs = ((item_base + pid).to(gl.int64) * BN + n_out)[:, None] * D + d_out[None, :]
     gl.store(dk_part + offs, dk_acc * scale)
     gl.store(dv_part + offs, dv_acc)
+
+
+def partial_descriptor(dq_part: torch.Tensor, block_m: int) -> TensorDescriptor:
+    """TMA descriptor of the selection's dQ partials ``[R, D]`` (16-bit), in boxes of one backward step's rows."""
+    return TensorDescriptor.from_tensor(dq_part, [block_m, dq_part.shape[-1]], _operand_layout())
 
 
 def async_supported(q: torch.Tensor, D: int, BD: int, BN: int, BM: int) -> bool:
