@@ -9,8 +9,9 @@ query rows TT tokens × G heads at a time, so only ~G·D query elements move per
 Forward: every selection ``e = (t·HKV + h)·S + slot`` gets a partial output (softmax over the block
 alone, in the input dtype) and its base-2 LSE; a merge pass folds the S partials of each
 (token, KV head) in slot order. Backward: one pass recomputes P once per selection and yields the
-partial dQ of that selection (fp32) and the dK/dV partial sums of the work item; two reduce passes add
-them in a fixed order (slots ascending, work items ascending). No float atomics: deterministic.
+partial dQ of that selection (input dtype by default, laid out step by step, see :func:`selection_bwd`) and the
+dK/dV partial sums of the work item; two reduce passes add them in a fixed order (slots ascending, work items
+ascending). No float atomics: deterministic.
 
 Shape legend:
     N packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim (BD its tile),
