@@ -578,9 +578,10 @@ def branch_dq(
     async_dq: bool = False,
     async_block_n: int = 32,
     async_dq_maxnreg: int | None = None,
+    async_dq_partial_buffers: int = 0,
     tiles: tuple[int, int] | None = None,
     heads: tuple[int, int] | None = None,
-    slc_partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
+    slc_partials: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
 ) -> None:
     """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
     ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
@@ -590,12 +591,14 @@ def branch_dq(
     straight into the MMAs; otherwise the kernels multiply each dO row by the gate. ``block_m`` sets the rows of a
     query tile, ``maxnreg`` caps the registers per thread of the Triton kernel. ``async_dq``: the Gluon kernel of
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping over
-    ``async_block_n`` keys, its registers capped at ``async_dq_maxnreg``.
+    ``async_block_n`` keys, its registers capped at ``async_dq_maxnreg``, the selection's partials copied into
+    ``async_dq_partial_buffers`` tiles of shared memory (0: as many as fit where the key buffers were; at least 2).
 
-    ``slc_partials = (dq_part, part_row, block_indices, t_base)``: also add the selection's per-selection dQ partials
-    of the tokens from ``t_base`` on (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``),
-    which the tiles' tokens must all have. ``heads = (h0, count)`` runs the KV heads ``[h0, h0 + count)`` only (all by
-    default); the partials then hold those heads alone.
+    ``slc_partials = (dq_part, part_row, n, t_base)``: also add the selection's per-selection dQ partials (``n``
+    selections per token and KV head) of the tokens from ``t_base`` on
+    (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``), which the tiles' tokens must all have.
+    ``heads = (h0, count)`` runs the KV heads ``[h0, h0 + count)`` only (all by default); the partials then hold those
+    heads alone.
     """
     _N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -607,8 +610,7 @@ def branch_dq(
         return
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (c["dummy"],) * 3
     S = blk_idx.shape[-1] if mode == SLC else 1
-    part, part_row, part_idx, part_t0 = slc_partials or (c["dummy"], c["dummy"], c["dummy"], 0)
-    part_s = part_idx.shape[-1] if slc_partials else 0
+    part, part_row, part_s, part_t0 = slc_partials or (c["dummy"], c["dummy"], 0, 0)
     dq_out = dq if dq_out is None else dq_out
     h0, head_count = (0, HKV) if heads is None else heads
     grid = (end - first, head_count)
@@ -621,7 +623,8 @@ def branch_dq(
             c["cu_keys"], tile_seq, tile_start, part, part_row, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ,
             HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"],
             CS=geometry["compress_stride"], W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s,
-            PART_HR=head_count, num_warps=num_warps, **launch_options(async_dq_maxnreg),
+            PART_HR=head_count, PART_BUFFERS=async_dq_partial_buffers, num_warps=num_warps,
+            **launch_options(async_dq_maxnreg),
         )  # fmt: skip
         return
     branch_bwd_kernel_dq[grid](

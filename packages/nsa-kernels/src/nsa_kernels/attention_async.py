@@ -250,25 +250,43 @@ def branch_fwd_kernel_attn_async(
     gl.store(o + rows, o_smem.load(GATHER), mask=ok_g[:, None])
 
 
+@gluon.constexpr_function
+def _partial_buffers(wanted, BM, BN, D, part_bytes):
+    # the [BM, D] partial tiles of the dQ epilogue: wanted, or (wanted = 0) as many as fit in the shared memory that
+    # the query, dO and key buffers leave free after the main loop; at least two
+    fit = (2 * BM + 4 * BN) * D * 2 // (BM * D * part_bytes)
+    return gl.constexpr(max(2, wanted or fit))
+
+
+@gluon.jit
+def _copy_partial(slc_part, slc_row, buf, first_sel, slot, g, ok, d, D: gl.constexpr, S: gl.constexpr):
+    # start the copy of one slot's dQ partial rows (zeros where the slot is empty or past S) as one commit group
+    has_slot = ok & (slot < S)
+    row = gl.load(slc_row + first_sel + slot, mask=has_slot, other=-1)
+    rows = row.to(gl.int64) + g
+    async_copy.async_copy_global_to_shared(buf, slc_part + rows[:, None] * D + d[None, :], mask=(row >= 0)[:, None])
+    async_copy.commit_group()
+
+
 @gluon.jit
 def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_row, part_t0, t, g, ok, h, h0, d, LAYOUT: gl.constexpr,
                             HQ: gl.constexpr, HR: gl.constexpr, G: gl.constexpr, D: gl.constexpr, S: gl.constexpr,
-                            ACCUMULATE: gl.constexpr):  # fmt: skip
+                            BM: gl.constexpr, NBUF: gl.constexpr, ACCUMULATE: gl.constexpr):  # fmt: skip
     # store the dQ tile acc plus the selection dQ partials of its rows (token t, head h·G + g; the partials of KV heads
-    # [h0, h0 + HR), summed as in attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT, loading the
-    # partials of SLOTS slots at a time
-    SLOTS: gl.constexpr = 2
+    # [h0, h0 + HR), summed as in attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT. The partial tiles
+    # arrive by asynchronous copies NBUF - 1 slots ahead, into shared memory the main loop no longer uses.
     total = gl.convert_layout(acc, LAYOUT)
+    bufs = gl.allocate_shared_memory(slc_part.dtype.element_ty, [NBUF, BM, D], _operand_layout())
     first_sel = ((t - part_t0) * HR + h - h0) * S
-    for s0 in range(0, S, SLOTS):
-        for i in gl.static_range(SLOTS):
-            slot = s0 + i
-            has_slot = ok & (slot < S)
-            row = gl.load(slc_row + first_sel + slot, mask=has_slot, other=-1)
-            rows = row.to(gl.int64) + g
-            total += gl.load(slc_part + rows[:, None] * D + d[None, :], mask=(row >= 0)[:, None], other=0.0).to(
-                gl.float32
-            )
+    for i in gl.static_range(NBUF - 1):
+        _copy_partial(slc_part, slc_row, bufs.index(i), first_sel, i, g, ok, d, D, S)
+    for slot in range(S):
+        async_copy.wait_group(NBUF - 2)
+        gl.thread_barrier()
+        ahead = slot + NBUF - 1
+        _copy_partial(slc_part, slc_row, bufs.index(ahead % NBUF), first_sel, ahead, g, ok, d, D, S)
+        total += bufs.index(slot % NBUF).load(LAYOUT).to(gl.float32)
+    async_copy.wait_group(0)
     offs = (t * HQ + h * G + g)[:, None] * D + d[None, :]
     if ACCUMULATE:
         total += gl.load(dq + offs, mask=ok[:, None], other=0.0)
@@ -281,9 +299,11 @@ def branch_bwd_kernel_dq_async(
     part_t0, h0, tile0, scale, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
-    ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, PART_HR: gl.constexpr, num_warps: gl.constexpr,
+    ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, PART_HR: gl.constexpr, PART_BUFFERS: gl.constexpr,
+    num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
+    # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors;
+    # PART_BUFFERS as async_dq_partial_buffers
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -339,8 +359,10 @@ def branch_bwd_kernel_dq_async(
         acc = warpgroup_mma_wait(0, deps=[acc])
 
     if PART_S > 0:
+        PART_BYTES: gl.constexpr = slc_part.dtype.element_ty.primitive_bitwidth // 8
+        NBUF: gl.constexpr = _partial_buffers(PART_BUFFERS, BM, BN, D, PART_BYTES)
         _store_dq_with_partials(acc * scale, dq, dq_out, slc_part, slc_row, part_t0, t_g.to(gl.int64), r_g % G, ok_g,
-                                h, h0, d, GATHER, HQ, PART_HR, G, D, PART_S, ACCUMULATE)  # fmt: skip
+                                h, h0, d, GATHER, HQ, PART_HR, G, D, PART_S, BM, NBUF, ACCUMULATE)  # fmt: skip
     else:
         r_o = gl.arange(0, BM, gl.SliceLayout(1, DQ_L))
         d_o = gl.arange(0, D, gl.SliceLayout(0, DQ_L))

@@ -51,6 +51,7 @@ ASYNC_BRANCH = {
     "async_fwd_block_n": 64,
     "async_fwd_maxnreg": 168,
     "async_dq_maxnreg": 168,
+    "async_dq_partial_buffers": 0,
     "async_dkv_block_m": 128,
     "async_dkv_num_warps": 8,
 }
@@ -114,28 +115,33 @@ TUNING = {
 ``cmp`` / ``swd``: ``async`` names the kernels (``fwd``, ``dq``, ``dkv``) that run in Gluon
 (:mod:`nsa_kernels.attention_async`) where they apply (Hopper), with rows ``async_block_m`` on ``async_num_warps``
 warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped at
-``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``), and ``async_dkv_block_m`` query rows per step on
-``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with ``block_m`` / ``num_warps``. ``cmp_dkv`` is the
-compression dK/dV pass (compressed keys per program, warps, token chunk per program: 0 = equal shares of each key tile's
-range). ``slc_block`` is the block-outer selection (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work
-item), used when ``SELECTION["algo"] == "block"``; ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` /
-``bwd_x`` override ``x`` in one phase; ``bwd_range_heads``: the fewest KV heads per token range of the backward, used
-where they mean fewer ranges (0 = all; fewer heads per range give longer ranges for the same partials, so fewer work
-items); ``fwd_o_halves`` / ``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves
-(fewer live registers); ``fwd_prefetch`` loads the next step's query rows into registers during the current step;
-``bwd_dkv_partial_elems`` bounds the dK/dV partials of the token ranges that are reduced together (fewer
-read-and-rewrite passes over the fp32 dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too,
-its dQ kernel adds the selection's dQ partials of its own query tiles, token range by token range, in place of the
-selection's dQ reduction (so the memory-bound sum runs beside the compression's MMAs). ``fwd_async_gathers`` /
-``bwd_async_gathers`` run the Gluon block kernels of :mod:`nsa_kernels.selection_async` where they apply (Hopper),
-``fwd_async_buffers`` being the forward's query-row buffers (rows copied that many steps minus one ahead). ``topk``
-launches the importance and top-n kernels (:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon
-importance kernel of :mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the
-combine backward writes the gated dO of a branch once (not per row).
+``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``; the compression dQ copies the selection's dQ
+partials into ``async_dq_partial_buffers`` tiles of shared memory, 0 = as many as its free buffers hold), and
+``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with
+``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk
+per program: 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
+(:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when ``SELECTION["algo"] == "block"``;
+``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x`` override ``x`` in one phase;
+``bwd_range_heads``: the fewest KV heads per token range of the backward, used where they mean fewer ranges (0 = all;
+fewer heads per range give longer ranges for the same partials, so fewer work items); ``fwd_o_halves`` /
+``bwd_dq_halves`` compute the per-step partial output / dQ tile as two D/2-wide halves (fewer live registers);
+``fwd_prefetch`` loads the next step's query rows into registers during the current step; ``bwd_dkv_partial_elems``
+bounds the dK/dV partials of the token ranges that are reduced together (fewer read-and-rewrite passes over the fp32
+dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too, its dQ kernel adds the selection's dQ partials of its
+own query tiles, token range by token range, in place of the selection's dQ reduction (so the memory-bound sum runs
+beside the compression's MMAs). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block kernels of
+:mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's query-row
+buffers (rows copied that many steps minus one ahead). ``topk`` launches the importance and top-n kernels
+(:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance kernel of
+:mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine backward writes
+the gated dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
-DQ_KEYS = {"block_m", "num_warps", "num_stages", "maxnreg", "async_dq", "async_block_n", "async_dq_maxnreg"}
+DQ_KEYS = {
+    "block_m", "num_warps", "num_stages", "maxnreg", "async_dq", "async_block_n", "async_dq_maxnreg",
+    "async_dq_partial_buffers",
+}  # fmt: skip
 """The launch parameters of :func:`~nsa_kernels.attention.branch_dq` among a branch's backward tuning."""
 DKV_SHARED_KEYS = {"block_m", "num_warps", "num_stages", "maxnreg"}
 """Those of them that :func:`~nsa_kernels.attention.branch_dkv` takes too."""
@@ -187,7 +193,8 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
         forward = {"async_block_n": tune["async_fwd_block_n"], "maxnreg": tune["async_fwd_maxnreg"]}
         kwargs.update(rows, asynchronous=True, **forward)
     if phase == "bwd" and "dq" in kernels:
-        kwargs.update(rows, async_dq=True, async_dq_maxnreg=tune["async_dq_maxnreg"])
+        dq = {key: tune[key] for key in ("async_dq_maxnreg", "async_dq_partial_buffers")}
+        kwargs.update(rows, async_dq=True, **dq)
     if phase == "bwd" and "dkv" in kernels:
         kwargs.update(dkv_block_m=tune["async_dkv_block_m"], dkv_num_warps=tune["async_dkv_num_warps"], async_dkv=True)
     return kwargs
@@ -438,7 +445,7 @@ def nsa_bwd(
         ) -> None:
             dq_pass(
                 "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
-                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(*partials, block_indices, t_lo),
+                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(*partials, block_indices.shape[-1], t_lo),
             )  # fmt: skip
 
         dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])
