@@ -153,6 +153,17 @@ def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch)
     test_videonsa_geometry_flash_attention_rule(4096, kv_heads, True, False, monkeypatch)
 
 
+@pytest.mark.parametrize("buffers", [2, 3], ids=["two-buffers", "three-buffers"])
+def test_compression_dq_partial_buffers_flash_attention_rule(buffers, monkeypatch):
+    """The compression dQ kernel gathers the selection's dQ partials after its key loop through fewer shared-memory
+    tiles than fit (the default is 4 at D = 128): each slot's copy is issued buffers - 1 slots ahead."""
+    from nsa_kernels import nsa
+
+    monkeypatch.setitem(nsa.TUNING, "cmp", {**nsa.TUNING["cmp"], "async_dq_partial_buffers": buffers})
+    q, k, v, g = make_inputs(1, 12288 + 37, 1, 7, 128, torch.bfloat16, device="cuda")
+    _assert_flash_attention_rule(q, k, v, g, VIDEONSA)
+
+
 def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
     """No device sync on the hot path (sync debug mode 'error'), and one captured CUDA graph of forward +
     backward replays to the eager results bit for bit on new inputs."""
