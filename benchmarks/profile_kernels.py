@@ -46,9 +46,10 @@ def kernel_times(fn, iters: int) -> dict:
     return {"kernels": rows, "kernel_ms": sum(r[1] for r in rows), "wall_ms": wall}
 
 
-def host_time(fn, iters: int, top: int) -> tuple[float, str]:
+def host_time(fn, iters: int, top: int, sort: str = "tottime") -> tuple[float, str]:
     """Host ms per call to enqueue ``iters`` calls after the GPU has drained (few enough that the launch queue holds
-    them, so the host never waits for the GPU), and the ``top`` functions by own host time (none when ``top`` is 0)."""
+    them, so the host never waits for the GPU), and the ``top`` functions by ``sort`` (a ``pstats`` key: own time
+    "tottime" or "cumulative"; none when ``top`` is 0)."""
     torch.cuda.synchronize()
     profiler = cProfile.Profile() if top else None
     start = time.perf_counter()
@@ -63,7 +64,7 @@ def host_time(fn, iters: int, top: int) -> tuple[float, str]:
     if not profiler:
         return host, ""
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(top)
     return host, text.getvalue()
 
 
@@ -107,7 +108,9 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 131072])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--host-top", type=int, default=0, help="list this many functions by own host time")
+    parser.add_argument("--host-top", type=int, default=0, help="list this many functions by host time")
+    parser.add_argument("--host-sort", choices=("tottime", "cumulative"), default="tottime",
+                        help="order of that list: own time, or time including callees")  # fmt: skip
     parser.add_argument("--tuning", nargs="+", default=["{}"],
                         help="TUNING overrides (JSON, as NSA_KERNELS_TUNING) profiled in turn at each T; repeat one "
                         "to alternate settings in one process")  # fmt: skip
@@ -119,7 +122,7 @@ def main() -> None:
             with tuning_override(text):
                 for phase, fn in calls(T).items():
                     res = kernel_times(fn, args.iters)
-                    res["host_ms"], listing = host_time(fn, 3, args.host_top)
+                    res["host_ms"], listing = host_time(fn, 3, args.host_top, args.host_sort)
                     results["runs"].append({"T": T, "tuning": text, "phase": phase, **res})
                     print(f"\nT={T} {phase} {text}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
                           f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
