@@ -276,7 +276,9 @@ def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_row, part_t0, t, g, o
     # [h0, h0 + HR), summed as in attention._selection_dq_sum) in the 16-byte row pieces of LAYOUT. The partial tiles
     # arrive by asynchronous copies NBUF - 1 slots ahead, into shared memory the main loop no longer uses.
     total = gl.convert_layout(acc, LAYOUT)
-    bufs = gl.allocate_shared_memory(slc_part.dtype.element_ty, [NBUF, BM, D], _operand_layout())
+    part_type: gl.constexpr = slc_part.dtype.element_ty
+    tiles: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=part_type.primitive_bitwidth)
+    bufs = gl.allocate_shared_memory(part_type, [NBUF, BM, D], tiles)
     first_sel = ((t - part_t0) * HR + h - h0) * S
     for i in gl.static_range(NBUF - 1):
         _copy_partial(slc_part, slc_row, bufs.index(i), first_sel, i, g, ok, d, D, S)
