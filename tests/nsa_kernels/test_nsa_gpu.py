@@ -153,13 +153,18 @@ def test_backward_settings_flash_attention_rule(pregate, slc_block, monkeypatch)
     test_videonsa_geometry_flash_attention_rule(4096, kv_heads, True, False, monkeypatch)
 
 
-@pytest.mark.parametrize("buffers", [2, 3], ids=["two-buffers", "three-buffers"])
-def test_compression_dq_partial_buffers_flash_attention_rule(buffers, monkeypatch):
-    """The compression dQ kernel gathers the selection's dQ partials after its key loop through fewer shared-memory
-    tiles than fit (the default is 4 at D = 128): each slot's copy is issued buffers - 1 slots ahead."""
+@pytest.mark.parametrize(
+    ("entry", "settings"),
+    [("cmp", {"async_dq_partial_buffers": 2}), ("cmp", {"async_dq_partial_buffers": 3}),
+     ("swd", {"async_dq_in_cmp": False})],
+    ids=["two-partial-buffers", "three-partial-buffers", "window-dq-apart"],
+)  # fmt: skip
+def test_compression_dq_settings_flash_attention_rule(entry, settings, monkeypatch):
+    """The non-default settings of the Gluon compression dQ kernel, which by default also adds the window's dQ of its
+    tiles and copies the selection's dQ partials into as many shared-memory tiles as fit (4 at D = 128)."""
     from nsa_kernels import nsa
 
-    monkeypatch.setitem(nsa.TUNING, "cmp", {**nsa.TUNING["cmp"], "async_dq_partial_buffers": buffers})
+    monkeypatch.setitem(nsa.TUNING, entry, {**nsa.TUNING[entry], **settings})
     q, k, v, g = make_inputs(1, 12288 + 37, 1, 7, 128, torch.bfloat16, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, VIDEONSA)
 

@@ -469,6 +469,13 @@ def async_applies(q: torch.Tensor, block_m: int = 64) -> bool:
     return selection_async.async_supported(q, q.shape[-1], q.shape[-1], 64, block_m)
 
 
+def window_in_dq(q: torch.Tensor, block_m: int, block_n: int) -> bool:
+    """Whether the Gluon compression dQ kernel with ``block_m`` rows and ``block_n`` keys per step can add the window
+    branch's dQ too (:func:`branch_dq` ``window=``): it applies, and holds the query tile in registers, which frees
+    the query buffer for the window's dO rows."""
+    return async_applies(q, block_m) and block_n != q.shape[-1]
+
+
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
     """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
     if not (wanted and async_applies(q, block_m)):
@@ -582,6 +589,7 @@ def branch_dq(
     tiles: tuple[int, int] | None = None,
     heads: tuple[int, int] | None = None,
     slc_partials: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
+    window: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool] | None = None,
 ) -> None:
     """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
     ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
@@ -598,7 +606,9 @@ def branch_dq(
     selections per token and KV head) of the tokens from ``t_base`` on
     (:func:`~nsa_kernels.selection.selection_bwd` with ``dq_reduce``), which the tiles' tokens must all have.
     ``heads = (h0, count)`` runs the KV heads ``[h0, h0 + count)`` only (all by default); the partials then hold those
-    heads alone.
+    heads alone. ``window = (k, v, do, lse, delta, gated)``: with ``mode=CMP`` where :func:`window_in_dq` holds, the
+    window branch's dQ of the same tiles too, in the same kernel (its keys and values, dO, LSE and delta, and whether
+    that dO is gated already).
     """
     _N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -615,15 +625,24 @@ def branch_dq(
     h0, head_count = (0, HKV) if heads is None else heads
     grid = (end - first, head_count)
     dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
+    if window is not None and not (dq_kernel and mode == CMP and window_in_dq(q, BM, async_block_n)):
+        raise ValueError("branch_dq(window=...) needs mode=CMP and the Gluon dQ kernel with window_in_dq true")
     if dq_kernel:
         from nsa_kernels.attention_async import key_descriptors
 
+        keys = key_descriptors(k, v, async_block_n)
+        if window is None:
+            window_args, window_c = (*keys, do, lse, delta), -2
+        else:
+            wk, wv, w_do, w_lse, w_delta, w_gated = window
+            window_args = (*key_descriptors(wk, wv, async_block_n), w_do, w_lse, w_delta)
+            window_c = -1 if w_gated else SWD
         dq_kernel[grid](
-            q, *key_descriptors(k, v, async_block_n), do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"],
-            c["cu_keys"], tile_seq, tile_start, part, part_row, part_t0, h0, first, scale, scale * LOG2E, HQ=HQ,
-            HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"],
-            CS=geometry["compress_stride"], W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s,
-            PART_HR=head_count, PART_BUFFERS=async_dq_partial_buffers, num_warps=num_warps,
+            q, *keys, do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"], c["cu_keys"], tile_seq, tile_start, part,
+            part_row, part_t0, h0, first, scale, scale * LOG2E, *window_args, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM,
+            BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"], CS=geometry["compress_stride"],
+            W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s, PART_HR=head_count,
+            PART_BUFFERS=async_dq_partial_buffers, WINDOW_C=window_c, num_warps=num_warps,
             **launch_options(async_dq_maxnreg),
         )  # fmt: skip
         return

@@ -158,12 +158,19 @@ def _load_keys(k_desc, v_desc, k_smem, v_smem, bars, i, kbos, key0, end, h, D: g
 
 
 @gluon.jit
-def _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D: gl.constexpr):
-    # one mbarrier per key buffer, and the loads of the first step's keys into buffer 0
+def _key_barriers():
+    # one mbarrier per key buffer
     bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(bars.index(0), count=1)
     mbarrier.init(bars.index(1), count=1)
     gl.thread_barrier()
+    return bars
+
+
+@gluon.jit
+def _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D: gl.constexpr):
+    # one mbarrier per key buffer, and the loads of the first step's keys into buffer 0
+    bars = _key_barriers()
     _load_keys(k_desc, v_desc, k_smem, v_smem, bars, 0, kbos, start, end, h, D)
     return bars
 
@@ -296,28 +303,73 @@ def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_row, part_t0, t, g, o
 
 
 @gluon.jit
+def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kbos, t0, bos, eos, h, lse, delta,
+              gates, scale2, HQ: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+              MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
+              num_warps: gl.constexpr):  # fmt: skip
+    # add one branch's dQ of the tile at token t0 (its dO rows in do_buf, its keys from kbos on) into acc; the key
+    # steps are numbered from step0 on (buffer and mbarrier phase), the first one loaded here. Returns (acc, the next
+    # step's number).
+    TT: gl.constexpr = BM // G
+    S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
+    DS_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_mma_layout(BM, D, num_warps), k_width=2)
+    dtype: gl.constexpr = do_buf.dtype
+    start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
+    _load_keys(k_desc, v_desc, k_smem, v_smem, bars, step0 % 2, kbos, start, end, h, D)
+    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
+    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
+    t_s, row_ok = _tile_rows(t0, eos, r_s, G, TT)
+    rows_s = t_s * HQ + h * G + r_s % G
+    vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
+    lse_row = gl.load(lse + rows_s, mask=row_ok, other=float("-inf"))
+    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
+    delta_row = gl.load(delta + rows_s, mask=row_ok, other=0.0)
+    if C >= 0:
+        gate = gl.load(gates + rows_s * 3 + C, mask=row_ok, other=0.0).to(gl.float32)
+    steps = gl.cdiv(end - start, BN)
+    for j in range(steps):
+        step = step0 + j
+        key0 = start + j * BN
+        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, step, kbos, key0, end, h, BN, D)
+        s = warpgroup_mma(q_op, k_smem.index(step % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                          use_acc=False, is_async=True)  # fmt: skip
+        dp = warpgroup_mma(do_buf, v_smem.index(step % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                           use_acc=False, is_async=True)  # fmt: skip
+        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+        p = gl.exp2(s * scale2 - lse2[:, None])
+        if key0 + BN > full:
+            p = _mask_visible(p, key0 + n_s, vis_lo, vis_hi, 0.0)
+        if C >= 0:
+            dp = dp * gate[:, None]
+        ds = gl.convert_layout((p * (dp - delta_row[:, None])).to(dtype), DS_L)
+        acc = warpgroup_mma(ds, k_smem.index(step % 2), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=[acc])
+    return acc, step0 + steps
+
+
+@gluon.jit
 def branch_bwd_kernel_dq_async(
     q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_row,
-    part_t0, h0, tile0, scale, scale2,
+    part_t0, h0, tile0, scale, scale2, wk_desc, wv_desc, w_do, w_lse, w_delta,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
     ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, PART_HR: gl.constexpr, PART_BUFFERS: gl.constexpr,
-    num_warps: gl.constexpr,
+    WINDOW_C: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors;
-    # PART_BUFFERS as async_dq_partial_buffers
+    # PART_BUFFERS as async_dq_partial_buffers. WINDOW_C > -2 (MODE CMP, Q in registers): the window branch's dQ of
+    # the same tiles too, from the window's keys (wk_desc, wv_desc: key_descriptors of K and V), dO rows, LSE and delta
+    # (WINDOW_C as C for its gate); its dO rows wait in the query buffer while the compression keys run.
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DQ_L: gl.constexpr = _mma_layout(BM, D, num_warps)
-    DS_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=DQ_L, k_width=2)
     SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = q.dtype.element_ty
 
     pid = gl.program_id(0) + tile0
     h = h0 + gl.program_id(1)
     t0, bos, eos, kbos = _query_tile(tile_seq, tile_start, cu_seqlens, cu_keys, pid)
-    start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
     q_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
     do_smem = gl.allocate_shared_memory(dtype, [BM, D], SMEM)
     k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], SMEM)
@@ -329,36 +381,23 @@ def branch_bwd_kernel_dq_async(
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     _copy_rows(do, do_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    bars = _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D)
+    bars = _key_barriers()
     q_op = _query_operand(q_smem, S_L, BN, D)
+    if WINDOW_C > -2:
+        gl.thread_barrier()
+        _copy_rows(w_do, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
+        async_copy.commit_group()
 
-    r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
-    n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    t_s, row_ok = _tile_rows(t0, eos, r_s, G, TT)
-    rows_s = t_s * HQ + h * G + r_s % G
-    vis_lo, vis_hi = _visible_limits(t_s - bos, row_ok, MODE, CL, CS, W)
-    lse_row = gl.load(lse + rows_s, mask=row_ok, other=float("-inf"))
-    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
-    delta_row = gl.load(delta + rows_s, mask=row_ok, other=0.0)
-    if C >= 0:
-        gate = gl.load(gates + rows_s * 3 + C, mask=row_ok, other=0.0).to(gl.float32)
     acc = gl.zeros([BM, D], gl.float32, DQ_L)
-    for j in range(gl.cdiv(end - start, BN)):
-        key0 = start + j * BN
-        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN, D)
-        s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
-                          use_acc=False, is_async=True)  # fmt: skip
-        dp = warpgroup_mma(do_smem, v_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
-                           use_acc=False, is_async=True)  # fmt: skip
-        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.exp2(s * scale2 - lse2[:, None])
-        if key0 + BN > full:
-            p = _mask_visible(p, key0 + n_s, vis_lo, vis_hi, 0.0)
-        if C >= 0:
-            dp = dp * gate[:, None]
-        ds = gl.convert_layout((p * (dp - delta_row[:, None])).to(dtype), DS_L)
-        acc = warpgroup_mma(ds, k_smem.index(j % 2), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=[acc])
+    acc, step = _dq_steps(acc, q_op, do_smem, k_desc, v_desc, k_smem, v_smem, bars, 0, kbos, t0, bos, eos, h, lse,
+                          delta, gates, scale2, HQ, G, D, BM, BN, MODE, C, CL, CS, W, num_warps)  # fmt: skip
+    if WINDOW_C > -2:
+        async_copy.wait_group(0)
+        gl.thread_barrier()
+        fence_async_shared()
+        acc, step = _dq_steps(acc, q_op, q_smem, wk_desc, wv_desc, k_smem, v_smem, bars, step, bos, t0, bos, eos, h,
+                              w_lse, w_delta, gates, scale2, HQ, G, D, BM, BN, 2, WINDOW_C, CL, CS, W,
+                              num_warps)  # fmt: skip
 
     if PART_S > 0:
         PART_BYTES: gl.constexpr = slc_part.dtype.element_ty.primitive_bitwidth // 8

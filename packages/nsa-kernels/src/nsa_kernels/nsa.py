@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_dkv, branch_dq, branch_fwd
+from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_dkv, branch_dq, branch_fwd, window_in_dq
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
     block_table,
@@ -95,6 +95,7 @@ TUNING = {
         "num_warps": 4,
         "num_stages": 2,
         **ASYNC_BRANCH,
+        "async_dq_in_cmp": True,
     },
     "topk": {
         "block_m": 64,
@@ -117,7 +118,9 @@ TUNING = {
 warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped at
 ``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``; the compression dQ copies the selection's dQ
 partials into ``async_dq_partial_buffers`` tiles of shared memory, 0 = as many as its free buffers hold), and
-``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); elsewhere the Triton kernels run with
+``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); ``swd``'s ``async_dq_in_cmp``: where the
+compression dQ adds the selection's partials in Gluon (``bwd_dq_in_cmp``), it adds the window's dQ of its tiles too
+(:func:`~nsa_kernels.attention.window_in_dq`), so no fp32 dQ sum is kept; elsewhere the Triton kernels run with
 ``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk
 per program: 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when ``SELECTION["algo"] == "block"``;
@@ -376,7 +379,16 @@ def nsa_bwd(
     do = do.reshape(q.shape).contiguous()
     pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name])
     dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
-    dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    block_slc = "slc" in branches and SELECTION["algo"] == "block"
+    tune = _phase_tuning("bwd")
+    dq_in_cmp = tune.pop("dq_in_cmp") and block_slc and "cmp" in branches
+    cmp_dq = {key: value for key, value in _branch_tuning("cmp", q, "bwd").items() if key in DQ_KEYS}
+    window_in_cmp = (
+        dq_in_cmp and "swd" in branches and TUNING["swd"]["async_dq_in_cmp"] and cmp_dq.get("async_dq", False)
+        and window_in_dq(q, cmp_dq["block_m"], cmp_dq["async_block_n"])
+    )  # fmt: skip
+    # the fp32 dQ sum of the branches that do not write the output; none when the compression dQ does all of it
+    dq = None if window_in_cmp else torch.empty(q.shape, device=q.device, dtype=torch.float32)
     last_dq = next(name for name in ("cmp", "swd", "slc") if name in branches)
     dq_final = None
 
@@ -397,7 +409,8 @@ def nsa_bwd(
     def dq_pass(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw) -> None:
         tune = _branch_tuning(name, q, "bwd")
         branch_dq(
-            q, keys, values, *grad_inputs(name), dq, mode=mode, plan=plan or plans(tune["block_m"]),
+            q, keys, values, *grad_inputs(name), kw["dq_out"] if dq is None else dq, mode=mode,
+            plan=plan or plans(tune["block_m"]),
             gated=name in gated, scale=scale, geometry=geometry, **kw,
             **{key: value for key, value in tune.items() if key in DQ_KEYS},
         )  # fmt: skip
@@ -430,12 +443,15 @@ def nsa_bwd(
         dk_cmp, dv_cmp = dkv_pass("cmp", CMP, k_cmp, v_cmp, plan, cmp_dkv=TUNING["cmp_dkv"])
         return pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
 
-    block_slc = "slc" in branches and SELECTION["algo"] == "block"
-    tune = _phase_tuning("bwd")
-    dq_in_cmp = tune.pop("dq_in_cmp")
-    if block_slc and "cmp" in branches and dq_in_cmp:
-        # the compression dQ adds the selection's dQ partials of its tiles, token range by token range
-        if "swd" in branches:
+    if dq_in_cmp:
+        # the compression dQ adds the selection's dQ partials of its tiles, token range by token range, and with
+        # window_in_cmp the window's dQ of those tiles
+        window = None
+        if window_in_cmp:
+            w_do, _, w_lse, w_delta = grad_inputs("swd")
+            window = (k, v, w_do, w_lse, w_delta, "swd" in gated)
+            dkv = dkv_pass("swd", SWD, k, v, dkv=None)
+        elif "swd" in branches:
             dkv = branch_grad("swd", SWD, k, v, dkv=None)
         plan_cmp, k_cmp, v_cmp = cmp_keys()
         dq_out = final_dq("cmp")
@@ -444,8 +460,9 @@ def nsa_bwd(
             partials: tuple[Tensor, Tensor], t_lo: int, _t_hi: int, tile_lo: int, tile_hi: int, heads: tuple[int, int]
         ) -> None:
             dq_pass(
-                "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches, dq_out=dq_out,
-                tiles=(tile_lo, tile_hi), heads=heads, slc_partials=(*partials, block_indices.shape[-1], t_lo),
+                "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches and not window_in_cmp,
+                dq_out=dq_out, tiles=(tile_lo, tile_hi), heads=heads,
+                slc_partials=(*partials, block_indices.shape[-1], t_lo), window=window,
             )  # fmt: skip
 
         dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])

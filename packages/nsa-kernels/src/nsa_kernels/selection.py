@@ -653,7 +653,7 @@ def selection_bwd(
     gates: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
-    dq: torch.Tensor,
+    dq: torch.Tensor | None,
     *,
     plan: dict,
     sel: dict,
@@ -702,7 +702,7 @@ def selection_bwd(
     spans more tokens and each CSR row splits into fewer work items (each reloads its K/V block and writes a dK/dV
     partial). ``dq_reduce((dq_part, part_row), t_lo, t_hi, tile_lo, tile_hi, heads)`` sums a range's partials instead
     of the reduction kernel, over the query tiles ``[tile_lo, tile_hi)`` (cut at multiples of ``reduce_tiles`` tokens)
-    and the KV heads ``heads = (h0, count)``.
+    and the KV heads ``heads = (h0, count)``; ``dq`` is then unused (may be None).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
