@@ -569,7 +569,7 @@ def branch_dq(
     gates: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
-    dq: torch.Tensor,
+    dq: torch.Tensor | None,
     *,
     mode: int,
     plan: dict,
@@ -593,7 +593,8 @@ def branch_dq(
 ) -> None:
     """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
     ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
-    ``tiles = (first, end)`` of ``plan`` (all by default).
+    ``tiles = (first, end)`` of ``plan`` (all by default). ``dq`` may be None when there is no sum to add to
+    (``dq_out`` given, ``accumulate_dq`` false).
 
     ``gated``: ``do`` is this branch's gated gradient already (:func:`~nsa_kernels.combine.combine_bwd`), so it goes
     straight into the MMAs; otherwise the kernels multiply each dO row by the gate. ``block_m`` sets the rows of a
@@ -621,7 +622,9 @@ def branch_dq(
     union_off, union_blk, blk_idx = plan["union"] if mode == SLC else (c["dummy"],) * 3
     S = blk_idx.shape[-1] if mode == SLC else 1
     part, part_row, part_s, part_t0 = slc_partials or (c["dummy"], c["dummy"], 0, 0)
-    dq_out = dq if dq_out is None else dq_out
+    if dq is None and (dq_out is None or accumulate_dq):
+        raise ValueError("branch_dq(dq=None) needs dq_out and accumulate_dq=False: there is no fp32 dQ sum to add to")
+    dq, dq_out = (dq_out, dq_out) if dq is None else (dq, dq if dq_out is None else dq_out)
     h0, head_count = (0, HKV) if heads is None else heads
     grid = (end - first, head_count)
     dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)

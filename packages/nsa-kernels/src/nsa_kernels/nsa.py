@@ -409,8 +409,7 @@ def nsa_bwd(
     def dq_pass(name: str, mode: int, keys: Tensor, values: Tensor, plan: dict | None = None, **kw) -> None:
         tune = _branch_tuning(name, q, "bwd")
         branch_dq(
-            q, keys, values, *grad_inputs(name), kw["dq_out"] if dq is None else dq, mode=mode,
-            plan=plan or plans(tune["block_m"]),
+            q, keys, values, *grad_inputs(name), dq, mode=mode, plan=plan or plans(tune["block_m"]),
             gated=name in gated, scale=scale, geometry=geometry, **kw,
             **{key: value for key, value in tune.items() if key in DQ_KEYS},
         )  # fmt: skip
