@@ -9,7 +9,8 @@ readable versions and the ones the CPU interpreter runs.
   forward's query tile lands in, and its output is staged through, the key buffers: 64 KB of shared memory at 64 keys
   per step, three CTAs per SM.
 - dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
-  next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q.
+  next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q. A step's dV/dK MMAs are
+  waited for only once the next step's S/dP are issued, as in the selection backward.
 
 Triton 3.6 issues these loads only after the previous step's MMAs, and holds both fp32 dK/dV accumulators of the
 key-outer kernel in 255 registers with spills; here the accumulators are split over two warpgroups. The key mask is
@@ -36,6 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
+    warpgroup_mma_init,
     warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -490,20 +492,21 @@ def branch_bwd_kernel_dkv_async(
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    dk_acc = gl.zeros([BN, D], gl.float32, DKV_L)
-    dv_acc = gl.zeros([BN, D], gl.float32, DKV_L)
+    dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
+    dv_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
-        nxt = (i + 1) % 2
-        gl.thread_barrier()
-        _copy_token_step(q, do, lse, delta, q_smem.index(nxt), do_smem.index(nxt), lse_smem.index(nxt),
-                         delta_smem.index(nxt), bos, base + TT, hi, h, r_g, r_rows, d, G, TT, HQ, D)  # fmt: skip
-        async_copy.wait_group(1)
-        gl.thread_barrier()
+        async_copy.wait_group(0)
         fence_async_shared()
+        gl.thread_barrier()
         q_buf = q_smem.index(i % 2)
         do_buf = do_smem.index(i % 2)
         s, dp = _issue_scores(q_buf, do_buf, k_smem, v_smem, S_L, BM, BN)
+        dv_acc, dk_acc = warpgroup_mma_wait(2, deps=[dv_acc, dk_acc])
+        gl.thread_barrier()
+        nxt = (i + 1) % 2
+        _copy_token_step(q, do, lse, delta, q_smem.index(nxt), do_smem.index(nxt), lse_smem.index(nxt),
+                         delta_smem.index(nxt), bos, base + TT, hi, h, r_g, r_rows, d, G, TT, HQ, D)  # fmt: skip
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
             t_c, ok_c = _tile_rows(base, hi, r_s, G, TT)
@@ -519,7 +522,7 @@ def branch_bwd_kernel_dkv_async(
         _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
-        dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
+    dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     async_copy.wait_group(0)
 
     n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
