@@ -68,6 +68,17 @@ def host_time(fn, iters: int, top: int, sort: str = "tottime") -> tuple[float, s
     return host, text.getvalue()
 
 
+def host_ops(fn, iters: int, top: int) -> str:
+    """The ``top`` torch operators by host (CPU) time of their own, over ``iters`` calls: what the plan's small
+    tensor ops and the launches cost on the host, by name and count."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+    torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=60)
+
+
 def compiled_kernels() -> list[dict]:
     """Registers per thread, spilled bytes, warps and shared memory of every nsa_kernels Triton kernel compiled
     so far in this process (one row per specialization)."""
@@ -111,6 +122,7 @@ def main() -> None:
     parser.add_argument("--host-top", type=int, default=0, help="list this many functions by host time")
     parser.add_argument("--host-sort", choices=("tottime", "cumulative"), default="tottime",
                         help="order of that list: own time, or time including callees")  # fmt: skip
+    parser.add_argument("--host-ops", type=int, default=0, help="list this many torch operators by host time")
     parser.add_argument("--tuning", nargs="+", default=["{}"],
                         help="TUNING overrides (JSON, as NSA_KERNELS_TUNING) profiled in turn at each T; repeat one "
                         "to alternate settings in one process")  # fmt: skip
@@ -127,6 +139,8 @@ def main() -> None:
                     print(f"\nT={T} {phase} {text}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
                           f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
                     print(listing)
+                    if args.host_ops:
+                        print(host_ops(fn, 3, args.host_ops))
                     for name, ms, launches in res["kernels"][: args.top]:
                         print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
             torch.cuda.empty_cache()

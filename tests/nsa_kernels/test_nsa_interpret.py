@@ -141,11 +141,13 @@ def test_select_topk_equals_reference_on_scores_with_ties(n):
 @pytest.mark.parametrize("rows_per_program", [1, 4])
 @pytest.mark.parametrize("n", [5, 32])
 @pytest.mark.parametrize("spread", ["close", "octaves", "outlier"])
-def test_select_topk_equals_reference_on_close_scores(n, rows_per_program, spread):
+@pytest.mark.parametrize("compact", [0, 16, 64])
+def test_select_topk_equals_reference_on_close_scores(n, rows_per_program, spread, compact):
     """Near-uniform scores, some tied: many passes before the n-th pattern stands apart, and ties at it; one row
     per program or four (the search runs until every row of the program is decided). ``octaves``: scores over two
     octaves with many exactly at the powers of two, so the n-th largest may sit on an octave's edge; ``outlier``:
-    one score per row far above the rest, so the search cannot start inside the top octave."""
+    one score per row far above the rest, so the search cannot start inside the top octave. ``compact``: the search
+    ends on rows compacted to that many patterns (16 is below n = 32's power of two, so there it stays off)."""
     from nsa_kernels.topk import select_topk
 
     config = small_config(num_selected=n)
@@ -161,7 +163,7 @@ def test_select_topk_equals_reference_on_close_scores(n, rows_per_program, sprea
     rows = torch.cat([torch.arange(0, 600, 60), torch.randint(600, T, (40,), generator=gen)])
     want = select_blocks(scores, config)[0, rows]
     got = select_topk(scores[0, rows], rows, num_selected=n, select_block=16,
-                      rows_per_program=rows_per_program,
+                      rows_per_program=rows_per_program, compact=compact,
                       forced_initial=config.forced_initial, forced_local=config.forced_local)  # fmt: skip
     assert torch.equal(got, want)
 

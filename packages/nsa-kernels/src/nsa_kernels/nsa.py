@@ -103,6 +103,7 @@ TUNING = {
         "num_stages": 3,
         "block_n": 64,
         "select_warps": 0,
+        "select_compact": 128,
         "chunk_elems": CHUNK_ELEMS,
         "asynchronous": True,
         "async_block_m": 128,

@@ -117,6 +117,36 @@ def _search_start(bits, forced, S: tl.constexpr):
 
 
 @triton.jit
+def _narrow(bits, v, at_or_above, b, S: tl.constexpr, STOP: tl.constexpr):
+    # bitwise search passes, from bit 30 - b down, while a row of the program has more than STOP patterns at or
+    # above its prefix v; a bit joins the prefix where at least n patterns stay at or above it
+    while (b < 31) & (tl.max(at_or_above, 0) > STOP):
+        cand = v | (1 << (30 - b))
+        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
+        v = tl.where(above >= S, cand, v)
+        at_or_above = tl.where(above >= S, above, at_or_above)
+        b += 1
+    return v, at_or_above, b
+
+
+@triton.jit
+def _finish(out, rows, row_ok, bits, blocks, v, at_or_above, b, S: tl.constexpr, SP: tl.constexpr):
+    # the search to its end, then the n chosen block ids of each row, ascending (blocks ascend along the row), and
+    # -1 up to n
+    v, at_or_above, b = _narrow(bits, v, at_or_above, b, S, S)
+    if tl.max(at_or_above, 0) <= S:  # noqa: SIM108 (a runtime branch in Triton)
+        chosen = bits >= v[:, None]
+    else:
+        chosen = _chosen_with_ties(bits, v, S)
+    slot = tl.cumsum(chosen.to(tl.int32), 1) - 1
+    tl.store(out + rows[:, None] * S + slot, blocks, mask=chosen)
+    count = tl.sum(chosen.to(tl.int32), 1)
+    p = tl.arange(0, SP)
+    pad = (p[None, :] >= count[:, None]) & (p[None, :] < S) & row_ok[:, None]
+    tl.store(out + rows[:, None] * S + p[None, :], tl.full([rows.shape[0], SP], -1, tl.int32), mask=pad)
+
+
+@triton.jit
 def topk_fwd_kernel_select(
     scores,  # [M, HKV, NCOL] fp32 importance; columns >= the token's complete blocks unread when CL > 0
     t_rel,  # [M] position of each token inside its sequence
@@ -134,7 +164,10 @@ def topk_fwd_kernel_select(
     FL: tl.constexpr,
     CL: tl.constexpr,
     CS: tl.constexpr,
+    C: tl.constexpr,
 ):
+    # C > 0: once every row has at most C patterns at or above its prefix, those patterns and their block ids are
+    # compacted (in order) into the row's first 2C score columns and the search ends on C-wide rows
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     row_ok = rows < M * HKV
     t = tl.load(t_rel + rows // HKV, mask=row_ok, other=0)
@@ -148,23 +181,27 @@ def topk_fwd_kernel_select(
     forced = (j[None, :] < FI) | (j[None, :] > current[:, None] - FL)
     bits = tl.where(forced, 0x7F800000, score.to(tl.int32, bitcast=True))
     bits = tl.where(visible, bits, -1)
+    blocks = j[None, :] + tl.zeros([R, NSP], tl.int32)
     v, at_or_above, b = _search_start(bits, forced & visible, S)
-    while (b < 31) & (tl.max(at_or_above, 0) > S):
-        cand = v | (1 << (30 - b))
-        above = tl.sum((bits >= cand[:, None]).to(tl.int32), 1)
-        v = tl.where(above >= S, cand, v)
-        at_or_above = tl.where(above >= S, above, at_or_above)
-        b += 1
-    if tl.max(at_or_above, 0) <= S:  # noqa: SIM108 (a runtime branch in Triton)
-        chosen = bits >= v[:, None]
+    if C > 0:
+        v, at_or_above, b = _narrow(bits, v, at_or_above, b, S, C)
+        if tl.max(at_or_above, 0) <= C:
+            keep = bits >= v[:, None]
+            at = tl.cumsum(keep.to(tl.int32), 1) - 1
+            row_start = scores + rows[:, None] * NCOL
+            tl.debug_barrier()
+            tl.store(row_start + at, bits.to(tl.float32, bitcast=True), mask=keep)
+            tl.store(row_start + C + at, blocks.to(tl.float32), mask=keep)
+            tl.debug_barrier()
+            c = tl.arange(0, C)[None, :]
+            held = c < at_or_above[:, None]
+            kept = tl.load(row_start + c, mask=held, other=0.0).to(tl.int32, bitcast=True)
+            kept_blocks = tl.load(row_start + C + c, mask=held, other=0.0).to(tl.int32)
+            _finish(out, rows, row_ok, tl.where(held, kept, -1), kept_blocks, v, at_or_above, b, S, SP)
+        else:
+            _finish(out, rows, row_ok, bits, blocks, v, at_or_above, b, S, SP)
     else:
-        chosen = _chosen_with_ties(bits, v, S)
-    slot = tl.cumsum(chosen.to(tl.int32), 1) - 1
-    tl.store(out + rows[:, None] * S + slot, j[None, :] + tl.zeros([R, NSP], tl.int32), mask=chosen)
-    count = tl.sum(chosen.to(tl.int32), 1)
-    p = tl.arange(0, SP)
-    pad = (p[None, :] >= count[:, None]) & (p[None, :] < S) & row_ok[:, None]
-    tl.store(out + rows[:, None] * S + p[None, :], tl.full([R, SP], -1, tl.int32), mask=pad)
+        _finish(out, rows, row_ok, bits, blocks, v, at_or_above, b, S, SP)
 
 
 def overlap_weights(nc: int, ns: int, *, compress_block: int, compress_stride: int, select_block: int, device):
@@ -187,6 +224,7 @@ def select_topk(
     compress: tuple[int, int] | None = None,
     rows_per_program: int = 1,
     num_warps: int = 4,
+    compact: int = 0,
 ) -> torch.Tensor:
     """Exact top-n of ``scores [M, HKV, NCOL]`` for tokens at positions ``t_rel [M]``: int32 ``[M, HKV, n]``.
 
@@ -198,17 +236,24 @@ def select_topk(
     the most recent blocks up to n (the reference's tie rule), and writes their ids in ascending order
     through a prefix sum. ``num_blocks`` (NS, default NCOL) bounds the blocks; with ``compress = (CL, CS)``
     the columns past each token's complete compressed blocks are read as 0, so they may hold garbage.
+
+    ``compact`` (a power of two, 0 = off): once at most ``compact`` patterns of every row of a program lie at or
+    above its prefix, the search goes on over those patterns alone, compacted in order into the row's first
+    ``2 · compact`` columns of ``scores``, which it overwrites. It applies where ``compact`` is at least n's power
+    of two and ``2 · compact <= NCOL``.
     """
     M, HKV, NCOL = scores.shape
     NS = NCOL if num_blocks is None else num_blocks
     out = torch.empty(M, HKV, num_selected, device=scores.device, dtype=torch.int32)
     R = rows_per_program
+    SP = triton.next_power_of_2(num_selected)
+    C = compact if compact >= SP and 2 * compact <= NCOL else 0
     if M * HKV:
         topk_fwd_kernel_select[(triton.cdiv(M * HKV, R),)](
             scores.contiguous(), t_rel.contiguous(), out, M, NS, NCOL,
-            HKV=HKV, S=num_selected, SP=triton.next_power_of_2(num_selected), NSP=max(triton.next_power_of_2(NS), 2),
+            HKV=HKV, S=num_selected, SP=SP, NSP=max(triton.next_power_of_2(NS), 2),
             R=R, SB=select_block, FI=forced_initial, FL=forced_local,
-            CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1],
+            CL=0 if compress is None else compress[0], CS=1 if compress is None else compress[1], C=C,
             num_warps=num_warps,
         )  # fmt: skip
     return out
@@ -238,6 +283,7 @@ def select_fwd(
     pad_heads: bool = True,
     select_rows: int = 1,
     select_warps: int = 4,
+    select_compact: int = 128,
     block_n: int = 64,
     chunk_elems: int = CHUNK_ELEMS,
     asynchronous: bool = True,
@@ -250,10 +296,11 @@ def select_fwd(
     ``pad_heads``: MMA rows are tokens × G padded to a power of two, and the head sum is a register
     reduction; otherwise tokens × G rows and an fp32 MMA against a 0/1 matrix. ``select_rows`` and
     ``select_warps`` launch :func:`select_topk` (``select_warps=0``: one warp per 512 blocks a chunk's tokens
-    can see, 1 to 4); ``block_n`` compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages``
-    its launch. ``asynchronous``: with padded heads, the Gluon kernel of :mod:`nsa_kernels.topk_async` computes the
-    scores where it applies (Hopper), with ``async_block_m`` rows on ``async_num_warps`` warps and ``async_block_n``
-    keys per step. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
+    can see, 1 to 4), which ends its search on rows compacted to ``select_compact`` patterns; ``block_n``
+    compressed keys per step of the importance kernel, ``num_warps`` and ``num_stages`` its launch.
+    ``asynchronous``: with padded heads, the Gluon kernel of :mod:`nsa_kernels.topk_async` computes the scores
+    where it applies (Hopper), with ``async_block_m`` rows on ``async_num_warps`` warps and ``async_block_n`` keys
+    per step. Tokens run in chunks whose scores hold at most ``chunk_elems`` elements (a scores launch and a
     selection launch per chunk).
     """
     N, HQ, D = q.shape
@@ -290,7 +337,7 @@ def select_fwd(
     select = dict(
         num_selected=geometry["num_selected"], select_block=SB,
         forced_initial=geometry["forced_initial"], forced_local=geometry["forced_local"],
-        rows_per_program=select_rows,
+        rows_per_program=select_rows, compact=select_compact,
     )  # fmt: skip
     for lo in range(0, tile_seq.numel(), tiles_per_chunk):
         hi = min(lo + tiles_per_chunk, tile_seq.numel())
@@ -311,13 +358,13 @@ def select_fwd(
         visible = min(n_sel, triton.cdiv(longest_prefix(lens, t_lo, t_hi), SB))
         select["num_warps"] = select_warps or max(1, min(4, triton.next_power_of_2(visible) // 512))
         if identity:
-            out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=visible, compress=(CL, CS), **select)
             if return_scores:
                 width = min(ncp, n_sel)
                 all_scores[t_lo:t_hi, :, :width] = buf[..., :width]
+            out[t_lo:t_hi] = select_topk(buf, t_rel[t_lo:t_hi], num_blocks=visible, compress=(CL, CS), **select)
         else:
             sel = buf @ weights
-            out[t_lo:t_hi] = select_topk(sel, t_rel[t_lo:t_hi], num_blocks=visible, **select)
             if return_scores:
                 all_scores[t_lo:t_hi] = sel
+            out[t_lo:t_hi] = select_topk(sel, t_rel[t_lo:t_hi], num_blocks=visible, **select)
     return out, all_scores
