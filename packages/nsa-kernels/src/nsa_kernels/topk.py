@@ -6,7 +6,8 @@ MMA, and writes one row of compressed-level scores per (token, KV head) for a ch
 selection is exact: scores are non-negative floats, so their bit patterns order like the values; a
 bitwise binary search over the pattern bits, high to low, finds in registers a prefix with exactly n
 patterns at or above it, or else the n-th largest (counting passes, no sort); ties at that value go to the
-more recent blocks, and forced blocks get the bits of +inf.
+more recent blocks, and forced blocks get the bits of +inf. Once a few candidates are left, they are compacted
+in order into the row's own scratch columns and the last passes run over them alone.
 Chunking over tokens bounds the scratch memory to ``chunk_elems`` scores (``TUNING["topk"]``), whatever T is.
 
 Shape legend:
