@@ -8,7 +8,9 @@ while step i runs its warpgroup MMAs.
 
 - Forward: S = Q·Kᵀ and O = P·V. The copies are addressed by CSR entries loaded a step earlier, P stays in
   registers as the A operand of the PV product, and the output tile is staged through the step's query buffer so
-  that it is stored in 16-byte row pieces. 64 KB of shared memory and 168 registers: 3 CTAs per SM.
+  that it is stored in 16-byte row pieces. The partials are stored as streaming (``.cs``, evict-first in the L2): the
+  merge reads them only after the launch, so they should not push out the query rows that other steps gather.
+  64 KB of shared memory and 168 registers: 3 CTAs per SM.
 - Backward: S = Q·Kᵀ, dP = dO·Vᵀ, the dQ partial dS·K, dV += Pᵀ·dO and dK += dSᵀ·Q. The step's LSE and delta rows
   are copied with its query/dO rows; P and dS go through shared memory, where the MMAs read them transposed; the dQ
   tile goes to shared memory and out in one TMA store to the step's own BM partial rows while dV/dK run, and those are
@@ -250,7 +252,7 @@ def slc_fwd_kernel_block_async(
         if base < masked:
             s = _mask_keys(s, ok, t, bos, k0, n_s, key_limit, float("-inf"))
         p, lse_row = _block_softmax(s, scale2)
-        gl.store(lse_part + (e - e_base) * G + r_s % G, lse_row, mask=ok)
+        gl.store(lse_part + (e - e_base) * G + r_s % G, lse_row, mask=ok, cache_modifier=".cs")
         p = gl.convert_layout(p.to(dtype), P_L)
         o = warpgroup_mma(p, v_smem, gl.zeros([BM, D], gl.float32, O_L), use_acc=False, is_async=True)
         ok_o, e_o, _ = _decode_entries(ent_o, base, hi, tok_g, TT, HKV, S)
@@ -258,7 +260,7 @@ def slc_fwd_kernel_block_async(
         q_buf.store(o.to(dtype))
         gl.thread_barrier()
         rows = (e_o - e_base) * G + head_g - h * G
-        gl.store(o_part + rows[:, None] * D + d[None, :], q_buf.load(GATHER), mask=ok_o[:, None])
+        gl.store(o_part + rows[:, None] * D + d[None, :], q_buf.load(GATHER), mask=ok_o[:, None], cache_modifier=".cs")
     async_copy.wait_group(0)
 
 
