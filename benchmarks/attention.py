@@ -344,8 +344,8 @@ def time_provider(T: int, name: str, fn, grads, flops, label: str) -> dict:
 
 def provider_rows(T: int, fla, names: list[str] | None) -> list[dict]:
     """The rows of the providers ``names`` (all by default) at ``T``. Where baselines run too, ours is timed first and
-    again after them. Its row keeps the slower median of each phase, so a position in the process (clocks, the
-    allocator's state) cannot flatter the ratios. The two timings stay in ``fwd_runs`` / ``fwd_bwd_runs``; the peak
+    again after them. Its row keeps the slower median of each phase, so a position in the process (run 26: up to 7 %
+    at 64K, cause unknown) cannot flatter the ratios. The two timings stay in ``fwd_runs`` / ``fwd_bwd_runs``; the peak
     memory is the first timing's, before the baselines left allocations of their own."""
     table = providers(T, fla)
     order = [name for name in table if names is None or name in names]
