@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = Path("nsa_kernels/selection_async.py")
 CACHE_HINT = ', cache_modifier=".cs")'
 COPY_ROWS = "_copy_rows(q, q_smem.index((i + BUFFERS - 1) % BUFFERS), t_c, head_g, ok_c, d, HQ, D)"
-STORE_O = "gl.store(o_part + rows[:, None] * D + d[None, :], q_buf.load(GATHER), mask=ok_o[:, None], " + CACHE_HINT[2:]
+STORE_O = "gl.store(o_part + rows[:, None] * D + d[None, :], q_buf.load(GATHER), mask=ok_o[:, None]" + CACHE_HINT
 STORE_LSE = "gl.store(lse_part + (e - e_base) * G + r_s % G, lse_row, mask=ok" + CACHE_HINT
 VARIANTS = {
     "default": ([], {}),
