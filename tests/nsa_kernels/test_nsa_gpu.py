@@ -277,6 +277,48 @@ def test_async_compression_window_flash_attention_rule(
     _assert_flash_attention_rule(q, k, v, g, config, cu)
 
 
+@pytest.mark.parametrize(
+    ("T", "HKV", "G", "D", "cu", "dtype"),
+    [
+        pytest.param(3001, 2, 7, 128, [0, 1400, 3001], torch.bfloat16, id="G7-varlen"),
+        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], torch.bfloat16, id="G7-D64-varlen-empty-seq"),
+        pytest.param(1531, 2, 1, 128, None, torch.float16, id="G1-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], torch.bfloat16, id="G16-D64-varlen-63"),
+    ],
+)
+def test_window_emitted_local_partials_flash_attention_rule(T, HKV, G, D, cu, dtype, poison_empty, monkeypatch):
+    """``fwd_local_in_window``: the window forward emits each row's selection partial over its two local blocks, and
+    the block-outer selection leaves those selections out. The call must take that path (it is spied on), meet the
+    flash-attention rule, and give the selection branch of the plain path to rounding (its partials are NaN-poisoned,
+    so a row the window skips fails)."""
+    from nsa_kernels import attention, nsa
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon window forward is built for compute capability 9.x")
+    q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
+    geometry = {key: getattr(VIDEONSA, key) for key in ("select_block", "forced_local", "window")}
+    assert attention.window_emits_local(q[0], geometry, 64, nsa.TUNING["swd"]["async_fwd_block_n"])
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device="cuda")
+    selection_fwd, seen = nsa.selection_fwd, []
+
+    def spy(*args, local=None, **kwargs):
+        seen.append(local is not None)
+        return selection_fwd(*args, local=local, **kwargs)
+
+    monkeypatch.setattr(nsa, "selection_fwd", spy)
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "fwd_local_in_window": fused})
+        with torch.no_grad():
+            results[fused] = _forward(q, k, v, g, VIDEONSA, cu_seqlens)[1]
+    assert seen == [False, True]
+    assert torch.equal(results[False].block_indices, results[True].block_indices)
+    for branch in ("slc", "swd"):
+        assert rel_err(results[True].outputs[branch], results[False].outputs[branch]) < 1e-2, branch
+        torch.testing.assert_close(results[True].lse[branch], results[False].lse[branch], atol=2e-3, rtol=0)
+    _assert_flash_attention_rule(q, k, v, g, VIDEONSA, cu)
+
+
 def test_triton_compression_window_kernels_flash_attention_rule(monkeypatch):
     """The Triton compression and window kernels, which the Hopper defaults replace by the Gluon ones."""
     from nsa_kernels import nsa

@@ -275,6 +275,56 @@ def test_selection_algorithms_and_work_items(
     _assert_grads_match(o, ref, (q, k, v, g))
 
 
+def _local_partials(q, k, v, lens, select_block, forced_local, scale):
+    """Each row's attention over the keys of its token's ``forced_local`` most recent selection blocks (normalised
+    output, base-2 LSE), what the Gluon window forward emits (``attention.branch_fwd(local=...)``), in float32."""
+    HQ, HKV = q.shape[1], k.shape[1]
+    outs, lses, start = [], [], 0
+    for n in lens:
+        t = torch.arange(n)
+        key_lo = ((t // select_block - forced_local + 1) * select_block).clamp_min(0)
+        visible = (t[None, :] >= key_lo[:, None]) & (t[None, :] <= t[:, None])
+        qs = q[start : start + n].float()
+        ks, vs = (x[start : start + n].float().repeat_interleave(HQ // HKV, 1) for x in (k, v))
+        s = torch.einsum("thd,jhd->htj", qs, ks) * scale
+        s = s.masked_fill(~visible, float("-inf"))
+        outs.append(torch.einsum("htj,jhd->thd", s.softmax(-1), vs))
+        lses.append((s.logsumexp(-1) * 1.4426950408889634).T)
+        start += n
+    return torch.cat(outs).to(q.dtype), torch.cat(lses).contiguous()
+
+
+@pytest.mark.parametrize("range_tokens", [0, 20], ids=["one-range", "ranges-of-20"])
+def test_selection_forward_takes_the_local_blocks_from_their_partial(range_tokens, poison_empty):
+    """``selection_fwd(local=...)`` (the path of ``fwd_local_in_window``) leaves each token's two local blocks out of
+    its work items and merge, and starts the merge from their given partial: the output and LSE equal the plain
+    selection's to rounding, over varlen with an empty sequence and in token ranges; a partial of zeros with an LSE of
+    -inf changes the output, so the local selections come from it alone."""
+    from nsa_kernels import nsa
+    from nsa_kernels.selection import selection_fwd, selection_plan
+
+    config = small_config(num_selected=4, window=40)
+    lens = [37, 0, 83]
+    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    with torch.no_grad():
+        idx = _run(q, k, v, g, config, cu)[1].block_indices
+    q, k, v = (x.detach()[0] for x in (q, k, v))
+    geometry = {name: getattr(config, name) for name in nsa.GEOMETRY_KEYS}
+    plan = nsa._Plans(cu, lens, 14, 2, geometry)(nsa.TUNING["slc_block"]["block_m"])
+    sel = selection_plan(plan, idx[0].to(torch.int32).contiguous(), config.select_block)
+    scale = config.softmax_scale(32)
+    partial_elems = 14 * 4 * 32 * range_tokens if range_tokens else 2**31
+    kw = dict(plan=plan, sel=sel, scale=scale, select_block=config.select_block, partial_elems=partial_elems)
+    o_plain, lse_plain = selection_fwd(q, k, v, **kw)
+    o_loc, lse_loc = _local_partials(q, k, v, lens, config.select_block, config.forced_local, scale)
+    o, lse = selection_fwd(q, k, v, local=(o_loc, lse_loc, config.forced_local), **kw)
+    assert rel_err(o, o_plain) < 1e-2
+    torch.testing.assert_close(lse, lse_plain, atol=1e-3, rtol=0)
+    empty = (torch.zeros_like(o_loc), torch.full_like(lse_loc, float("-inf")), config.forced_local)
+    assert rel_err(selection_fwd(q, k, v, local=empty, **kw)[0], o_plain) > 0.1
+
+
 def test_selection_ranges_cut_at_query_tiles():
     """The backward's token ranges, when the compression dQ adds their dQ partials, start at its query tiles: every
     cut is a tile's first token (or N), with that tile's index in the tile table, over varlen with empty sequences."""

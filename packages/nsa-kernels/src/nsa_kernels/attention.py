@@ -476,6 +476,14 @@ def window_in_dq(q: torch.Tensor, block_m: int, block_n: int) -> bool:
     return async_applies(q, block_m) and block_n != q.shape[-1]
 
 
+def window_emits_local(q: torch.Tensor, geometry: dict, block_m: int, block_n: int) -> bool:
+    """Whether the Gluon window forward with ``block_m`` rows and ``block_n`` keys per step can also emit the
+    selection's partial over each row's ``forced_local`` most recent blocks (:func:`branch_fwd` ``local=``): it
+    applies, its key steps are the selection blocks, and those blocks lie inside every row's window."""
+    SB, FL = geometry["select_block"], geometry["forced_local"]
+    return async_applies(q, block_m) and block_n == SB and FL >= 1 and geometry["window"] >= FL * SB
+
+
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
     """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
     if not (wanted and async_applies(q, block_m)):
@@ -507,13 +515,16 @@ def branch_fwd(
     maxnreg: int | None = None,
     asynchronous: bool = False,
     async_block_n: int = 32,
+    local: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`branch_fwd_kernel_attn` for one branch; returns ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
     ``plan`` holds the varlen tables of :mod:`nsa_kernels.index` (tile table for ``block_m``, key
     offsets, and for ``SLC`` the block indices and their per-tile union). ``asynchronous``: the Gluon kernel of
     :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see :func:`async_kernel`), stepping
-    over ``async_block_n`` keys; ``maxnreg`` caps the registers per thread of whichever kernel runs.
+    over ``async_block_n`` keys; ``maxnreg`` caps the registers per thread of whichever kernel runs. ``local``
+    (``SWD`` where :func:`window_emits_local` holds): ``(o_loc [N, HQ, D], lse_loc [N, HQ] fp32, base 2)`` receive
+    each row's selection partial over its ``forced_local`` most recent blocks, which lie inside its window.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -529,14 +540,17 @@ def branch_fwd(
     S = blk_idx.shape[-1] if mode == SLC else 1
     cu_keys = plan["cu_keys_cmp"] if mode == CMP else plan["cu_seqlens"]
     gluon_kernel = async_kernel("branch_fwd_kernel_attn_async", asynchronous and mode != SLC, q, BM)
+    if local is not None and not (mode == SWD and gluon_kernel and window_emits_local(q, geometry, BM, async_block_n)):
+        raise ValueError("local partials come from the Gluon window forward only: check window_emits_local first")
     if gluon_kernel:
         from nsa_kernels.attention_async import key_descriptors
 
+        o_loc, lse_loc = (o, lse) if local is None else local
         gluon_kernel[(tile_seq.numel(), HKV)](
-            q, *key_descriptors(k, v, async_block_n), o, lse, plan["cu_seqlens"], cu_keys, tile_seq, tile_start,
-            scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode,
-            CL=geometry["compress_block"], CS=geometry["compress_stride"], W=geometry["window"], num_warps=num_warps,
-            **launch_options(maxnreg),
+            q, *key_descriptors(k, v, async_block_n), o, lse, o_loc, lse_loc, plan["cu_seqlens"], cu_keys, tile_seq,
+            tile_start, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=async_block_n, MODE=mode,
+            CL=geometry["compress_block"], CS=geometry["compress_stride"], W=geometry["window"],
+            FL=0 if local is None else geometry["forced_local"], num_warps=num_warps, **launch_options(maxnreg),
         )  # fmt: skip
         return o, lse
     branch_fwd_kernel_attn[(tile_seq.numel(), HKV)](

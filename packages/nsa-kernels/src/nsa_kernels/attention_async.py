@@ -178,21 +178,49 @@ def _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D: gl.const
 
 
 @gluon.jit
-def _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN: gl.constexpr, D: gl.constexpr):
-    # at step j (first key key0): once every warp is done with the other buffer (step j - 1), start the loads of step
-    # j + 1 into it, then wait for step j's keys
+def _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, next_key0, end, h, D: gl.constexpr):
+    # at step j: once every warp is done with the other buffer (step j - 1), start the loads of step j + 1 (first key
+    # next_key0, if below end) into it, then wait for step j's keys
     gl.thread_barrier()
-    _load_keys(k_desc, v_desc, k_smem, v_smem, bars, (j + 1) % 2, kbos, key0 + BN, end, h, D)
+    _load_keys(k_desc, v_desc, k_smem, v_smem, bars, (j + 1) % 2, kbos, next_key0, end, h, D)
     mbarrier.wait(bars.index(j % 2), (j // 2) & 1)
 
 
 @gluon.jit
+def _local_bound(t_rel, BN: gl.constexpr, FL: gl.constexpr):
+    # the first key of the FL most recent BN-key blocks of a token at t_rel (its own block and FL - 1 before it)
+    return gl.maximum((t_rel // BN - FL + 1) * BN, 0)
+
+
+@gluon.jit
+def _store_local(acc, m_i, l_i, o_loc, lse_loc, t0, bos, eos, key0, h, HQ: gl.constexpr, G: gl.constexpr,
+                 D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, FL: gl.constexpr, O_L: gl.constexpr):  # fmt: skip
+    # the partial output (o_loc, normalised, input dtype) and base-2 LSE (lse_loc) of the rows whose local blocks
+    # start at key0: the window's state once its descending steps reach key0
+    TT: gl.constexpr = BM // G
+    r = gl.arange(0, BM, gl.SliceLayout(1, O_L))
+    t, row_ok = _tile_rows(t0, eos, r, G, TT)
+    done = row_ok & (_local_bound(t - bos, BN, FL) == key0)
+    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, O_L))
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, O_L))
+    rows = t.to(gl.int64) * HQ + h * G + r % G
+    gl.store(lse_loc + rows, m_o + gl.log2(l_o), mask=done)
+    d = gl.arange(0, D, gl.SliceLayout(0, O_L))
+    out = acc * (1.0 / gl.where(done, l_o, 1.0))[:, None]
+    gl.store(o_loc + rows[:, None] * D + d[None, :], out.to(o_loc.dtype.element_ty), mask=done[:, None])
+
+
+@gluon.jit
 def branch_fwd_kernel_attn_async(
-    q, k_desc, v_desc, o, lse, cu_seqlens, cu_keys, tile_seq, tile_start, scale2,
+    q, k_desc, v_desc, o, lse, o_loc, lse_loc, cu_seqlens, cu_keys, tile_seq, tile_start, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-    MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr, num_warps: gl.constexpr,
+    MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr, FL: gl.constexpr,
+    num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors
+    # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors.
+    # FL > 0 (SWD, BN the selection block, FL·BN <= W): the keys run in BN-aligned steps from the last one down, and
+    # each row's state once they have covered its FL most recent blocks is the selection's partial of those blocks,
+    # stored to o_loc / lse_loc (_store_local)
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -219,7 +247,18 @@ def branch_fwd_kernel_attn_async(
     t_g, ok_g = _tile_rows(t0, eos, r_g, G, TT)
     _copy_rows(q, q_smem, t_g.to(gl.int64), h * G + r_g % G, ok_g, d, HQ, D)
     async_copy.commit_group()
-    bars = _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, start, end, h, D)
+    if FL > 0:
+        step = -BN
+        start = start // BN * BN
+        first = (end - 1) // BN * BN
+        steps = (first - start) // BN + 1
+        local_first = _local_bound(t0 - bos, BN, FL)
+        local_last = _local_bound(gl.minimum(t0 + TT, eos) - 1 - bos, BN, FL)
+    else:
+        step = BN
+        first = start
+        steps = gl.cdiv(end - start, BN)
+    bars = _start_keys(k_desc, v_desc, k_smem, v_smem, kbos, first, end, h, D)
     q_op = _query_operand(q_smem, S_L, BN, D)
 
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
@@ -229,9 +268,10 @@ def branch_fwd_kernel_attn_async(
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
     l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, S_L))
     acc = gl.zeros([BM, D], gl.float32, O_L)
-    for j in range(gl.cdiv(end - start, BN)):
-        key0 = start + j * BN
-        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0, end, h, BN, D)
+    for j in range(steps):
+        key0 = first + j * step
+        next_end = gl.where(j + 1 < steps, end, key0 + step)
+        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, j, kbos, key0 + step, next_end, h, D)
         s = warpgroup_mma(q_op, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s]) * scale2
@@ -246,6 +286,9 @@ def branch_fwd_kernel_attn_async(
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), P_L), v_smem.index(j % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
+        if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
+            if (key0 == local_first) | (key0 == local_last):
+                _store_local(acc, m_i, l_i, o_loc, lse_loc, t0, bos, eos, key0, h, HQ, G, D, BM, BN, FL, O_L)
 
     has_key = l_i > 0
     l_safe = gl.where(has_key, l_i, 1.0)
@@ -332,7 +375,7 @@ def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kb
     for j in range(steps):
         step = step0 + j
         key0 = start + j * BN
-        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, step, kbos, key0, end, h, BN, D)
+        _next_keys(k_desc, v_desc, k_smem, v_smem, bars, step, kbos, key0 + BN, end, h, D)
         s = warpgroup_mma(q_op, k_smem.index(step % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         dp = warpgroup_mma(do_buf, v_smem.index(step % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),

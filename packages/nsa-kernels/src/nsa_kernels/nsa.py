@@ -25,7 +25,17 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from nsa_kernels.attention import CMP, SLC, SWD, async_applies, branch_dkv, branch_dq, branch_fwd, window_in_dq
+from nsa_kernels.attention import (
+    CMP,
+    SLC,
+    SWD,
+    async_applies,
+    branch_dkv,
+    branch_dq,
+    branch_fwd,
+    window_emits_local,
+    window_in_dq,
+)
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
     block_table,
@@ -89,6 +99,7 @@ TUNING = {
         "fwd_prefetch": True,
         "fwd_async_gathers": True,
         "fwd_async_buffers": 2,
+        "fwd_local_in_window": True,
     },
     "swd": {
         "block_m": 64,
@@ -135,10 +146,13 @@ dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too, its dQ kernel 
 own query tiles, token range by token range, in place of the selection's dQ reduction (so the memory-bound sum runs
 beside the compression's MMAs). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block kernels of
 :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's query-row
-buffers (rows copied that many steps minus one ahead). ``topk`` launches the importance and top-n kernels
-(:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance kernel of
-:mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine backward writes
-the gated dO of a branch once (not per row).
+buffers (rows copied that many steps minus one ahead). ``fwd_local_in_window``: where the top-n is computed here
+(so every token selected its ``forced_local`` most recent blocks, ``num_selected`` allowing) and the Gluon window
+forward can (:func:`~nsa_kernels.attention.window_emits_local`), the window runs first and emits each row's selection
+partial over those blocks, which lie inside its window; the block-outer selection leaves them out. ``topk`` launches
+the importance and top-n kernels (:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance
+kernel of :mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine
+backward writes the gated dO of a branch once (not per row).
 ``NSA_KERNELS_TUNING`` (JSON, e.g. ``{"slc_block": {"bwd_num_warps": 8}}``) updates these entries at import.
 """
 SELECTION = {"algo": "block"}
@@ -319,7 +333,8 @@ def nsa_fwd(
         if "cmp" in branches:
             out["outputs"]["cmp"], out["lse"]["cmp"] = o_cmp, lse_cmp
     if "slc" in branches:
-        if block_indices is None:
+        computed = block_indices is None
+        if computed:
             plan = plans(TUNING["topk"]["block_m"])
             block_indices, out["scores"] = select_fwd(
                 q,
@@ -338,23 +353,42 @@ def nsa_fwd(
             plan = plans(TUNING["slc_block"]["block_m"])
             tune = _phase_tuning("fwd")
             del tune["dq_partials_fp32"]
+            local = None
+            forced = computed and geometry["num_selected"] >= geometry["forced_local"]
+            if tune.pop("local_in_window") and forced and "swd" in branches:
+                local = _window_with_local(q, k, v, plans, scale, geometry, out)
             sel = selection_plan(plan, block_indices, geometry["select_block"])
             out["csr"] = sel["entries"], sel["key"]
             out["outputs"]["slc"], out["lse"]["slc"] = selection_fwd(
-                q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], **tune
+                q, k, v, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"], local=local, **tune
             )
         else:
             plan = _with_selection(plans(TUNING["slc"]["block_m"]), block_indices, geometry, False)
             out["outputs"]["slc"], out["lse"]["slc"] = branch_fwd(
                 q, k, v, mode=SLC, plan=plan, scale=scale, geometry=geometry, **TUNING["slc"]
             )
-    if "swd" in branches:
+    if "swd" in branches and "swd" not in out["outputs"]:
         swd_tune = _branch_tuning("swd", q, "fwd")
         out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
             q, k, v, mode=SWD, plan=plans(swd_tune["block_m"]), scale=scale, geometry=geometry, **swd_tune
         )
     out["o"] = combine_fwd(out["outputs"], gates)
     return out
+
+
+def _window_with_local(q: Tensor, k: Tensor, v: Tensor, plans: _Plans, scale: float, geometry: dict, out: dict):
+    """Where :func:`~nsa_kernels.attention.window_emits_local` holds, run the window forward now, into ``out``, with
+    the selection's partial over each row's forced local blocks as a by-product: ``(o_loc, lse_loc, forced_local)``
+    for :func:`~nsa_kernels.selection.selection_fwd`, else None."""
+    tune = _branch_tuning("swd", q, "fwd")
+    if not (tune.get("asynchronous") and window_emits_local(q, geometry, tune["block_m"], tune["async_block_n"])):
+        return None
+    o_loc = torch.empty_like(q)
+    lse_loc = torch.empty(q.shape[:2], device=q.device, dtype=torch.float32)
+    out["outputs"]["swd"], out["lse"]["swd"] = branch_fwd(
+        q, k, v, mode=SWD, plan=plans(tune["block_m"]), scale=scale, geometry=geometry, local=(o_loc, lse_loc), **tune
+    )
+    return o_loc, lse_loc, geometry["forced_local"]
 
 
 def nsa_bwd(

@@ -38,7 +38,15 @@ from nsa_kernels.attention import (
     _selection_dq_sum,
     launch_options,
 )
-from nsa_kernels.index import cached, selection_csr, selection_csr_size, tile_at, token_block_offsets, work_chunks
+from nsa_kernels.index import (
+    cached,
+    positions,
+    selection_csr,
+    selection_csr_size,
+    tile_at,
+    token_block_offsets,
+    work_chunks,
+)
 
 
 @triton.jit
@@ -226,6 +234,9 @@ def slc_fwd_kernel_merge(
     blk_idx,  # [N, HKV, S]
     o,  # [N, HQ, D]
     lse,  # [N, HQ] natural log
+    o_loc,  # [N, HQ, D] partial over the FL most recent blocks (FL > 0)
+    lse_loc,  # [N, HQ] its LSE, base 2
+    t_rel,  # [N] position of each token in its sequence (FL > 0)
     t_base,  # first token of this range (partials start there)
     t_end,
     HQ: tl.constexpr,
@@ -235,7 +246,11 @@ def slc_fwd_kernel_merge(
     BD: tl.constexpr,
     BM: tl.constexpr,
     S: tl.constexpr,
+    SB: tl.constexpr,
+    FL: tl.constexpr,
 ):
+    # FL > 0: the selections of a token's FL most recent blocks have no partial in o_part; the merge starts from
+    # their joint partial in o_loc / lse_loc instead
     h = tl.program_id(1)
     TT: tl.constexpr = BM // G
     r = tl.arange(0, BM)
@@ -244,12 +259,23 @@ def slc_fwd_kernel_merge(
     t = t_base + (tl.program_id(0) * TT + tok).to(tl.int64)
     row_ok = (tok < TT) & (t < t_end)
     d = tl.arange(0, BD)
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BD], tl.float32)
+    if FL > 0:
+        local_first = tl.load(t_rel + t, mask=row_ok, other=0) // SB - FL + 1
+        loc = t * HQ + h * G + g
+        m_i = tl.load(lse_loc + loc, mask=row_ok, other=float("-inf"))
+        l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
+        acc = tl.load(o_loc + loc[:, None] * D + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
+        acc = acc.to(tl.float32)
+    else:
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, BD], tl.float32)
     for slot in range(S):
         e = (t * HKV + h) * S + slot
-        ok = row_ok & (tl.load(blk_idx + e, mask=row_ok, other=-1) >= 0)
+        blk = tl.load(blk_idx + e, mask=row_ok, other=-1)
+        ok = row_ok & (blk >= 0)
+        if FL > 0:
+            ok &= blk < local_first
         pe = (((t - t_base) * HKV + h) * S + slot) * G + g
         lp = tl.load(lse_part + pe, mask=ok, other=float("-inf"))
         op = tl.load(o_part + pe[:, None] * D + d[None, :], mask=ok[:, None] & (d[None, :] < D), other=0.0)
@@ -483,10 +509,12 @@ def _token_ranges(
     item: int,
     cuts: list[int] | None = None,
     heads: int | None = None,
+    first_token: torch.Tensor | None = None,
 ):
     """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``), each as
     ``(t_lo, t_hi, units)``: one unit ``(h0, work items)`` per group of ``heads`` KV heads (all by default), whose
-    items cover the CSR rows of the KV heads ``[h0, h0 + heads)``.
+    items cover the CSR rows of the KV heads ``[h0, h0 + heads)``; ``first_token`` (int64 per CSR row): the entries of
+    tokens before it are left out.
 
     Work items are sized by an upper bound (no device sync, :func:`_item_bound`).
     """
@@ -497,8 +525,9 @@ def _token_ranges(
     if cuts is None:
         cuts = [*range(0, N, max(1, partial_elems // per_token_elems)), N]
     for t_lo, t_hi in itertools.pairwise(cuts):
-        lo = torch.searchsorted(sel["key"], base + min(t_lo, sel["big"]))
         hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
+        low = min(t_lo, sel["big"]) if first_token is None else first_token.clamp(t_lo, t_hi)
+        lo = torch.minimum(torch.searchsorted(sel["key"], base + low), hi)
         entries = (t_hi - t_lo) * heads * S
         units = []
         for h0 in range(0, HKV, heads):
@@ -506,6 +535,15 @@ def _token_ranges(
             item_row, *rest = work_chunks(lo[rows], hi[rows], item, _item_bound(entries, item, heads * blocks))
             units.append((h0, (item_row + h0 * blocks, *rest)))
         yield t_lo, t_hi, units
+
+
+def _local_end(plan: dict, select_block: int, forced_local: int, HKV: int) -> torch.Tensor:
+    """Per CSR row (KV head, global selection block), int64: the first token past the ``forced_local`` blocks that
+    start at it, i.e. past the tokens for which it is a forced local block."""
+    blk_seq, blk_start = (x.long() for x in plan["slc_blocks"])
+    cu = plan["cu_seqlens"].long()
+    end = torch.minimum(cu[blk_seq] + blk_start + forced_local * select_block, cu[blk_seq + 1])
+    return end.repeat(HKV)
 
 
 def _item_bound(entries: int, item: int, rows: int) -> int:
@@ -592,6 +630,7 @@ def selection_fwd(
     prefetch: bool = False,
     async_gathers: bool = False,
     async_buffers: int = 2,
+    local: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -604,7 +643,9 @@ def selection_fwd(
     It applies to D tiles up to 128 (measured at 64 and 128); a 256-wide tile would hold 64 more registers per thread.
     ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper, ``D`` of 64 or
     128, 64-key blocks, ``block_m`` a multiple of 64), which copies the rows of step i + ``async_buffers`` - 1 while
-    step i computes.
+    step i computes. ``local = (o_loc, lse_loc, FL)``: the partial of every row over its FL most recent blocks,
+    computed elsewhere (:func:`~nsa_kernels.attention.branch_fwd` ``local=``), which every row must have selected (as
+    the computed top-n with ``forced_local`` FL does); those selections are skipped here.
     """
     if async_buffers < 1:
         raise ValueError(f"async_buffers must be at least 1 (Gluon query-row buffers), got {async_buffers}")
@@ -625,7 +666,13 @@ def selection_fwd(
     step = max(1, partial_elems // (HQ * S * D))
     o_part = torch.empty(min(N, step) * HKV * S, G, D, device=q.device, dtype=q.dtype)
     lse_part = torch.empty(min(N, step) * HKV * S, G, device=q.device, dtype=torch.float32)
-    for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _))] in _token_ranges(sel, N, HQ * S * D, partial_elems, item):
+    o_loc, lse_loc, FL = (o, lse, 0) if local is None else local
+    first_token = t_rel = None
+    if FL:
+        first_token = cached(plan.get("memo"), ("local_end", SB, FL), lambda: _local_end(plan, SB, FL, HKV))
+        t_rel = cached(plan.get("memo"), ("positions",), lambda: positions(plan["cu_seqlens"], N))[1]
+    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, first_token=first_token)
+    for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _))] in ranges:
         if item_row.numel() and async_kernel:
             async_kernel[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"], item_row, item_lo,
@@ -640,8 +687,9 @@ def selection_fwd(
                 PREFETCH=prefetch, num_stages=1 if prefetch else num_stages, **launch_options(maxnreg), **common,
             )  # fmt: skip
         slc_fwd_kernel_merge[(triton.cdiv(t_hi - t_lo, merge["BM"] // G), HKV)](
-            o_part, lse_part, blk_idx, o, lse, t_lo, t_hi, **merge
-        )
+            o_part, lse_part, blk_idx, o, lse, o_loc, lse_loc, lse if t_rel is None else t_rel, t_lo, t_hi,
+            SB=SB, FL=FL, **merge,
+        )  # fmt: skip
     return o, lse
 
 

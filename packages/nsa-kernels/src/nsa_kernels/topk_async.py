@@ -149,7 +149,7 @@ def topk_fwd_kernel_scores_async(
     n_out = gl.arange(0, BN, gl.SliceLayout(0, OUT_L))
     for j in range(gl.cdiv(end - start, BN)):
         key0 = start + j * BN
-        _next_keys(k_desc, None, k_smem, None, bars, j, kbos, key0, end, h, BN, D)
+        _next_keys(k_desc, None, k_smem, None, bars, j, kbos, key0 + BN, end, h, D)
         s = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                           use_acc=False, is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s])
