@@ -479,9 +479,11 @@ def window_in_dq(q: torch.Tensor, block_m: int, block_n: int) -> bool:
 def window_emits_local(q: torch.Tensor, geometry: dict, block_m: int, block_n: int) -> bool:
     """Whether the Gluon window forward with ``block_m`` rows and ``block_n`` keys per step can also emit the
     selection's partial over each row's ``forced_local`` most recent blocks (:func:`branch_fwd` ``local=``): it
-    applies, its key steps are the selection blocks, and those blocks lie inside every row's window."""
+    applies, its key steps are the selection blocks and as long as its query tile (a spent key buffer stages the
+    partial), and those blocks lie inside every row's window."""
     SB, FL = geometry["select_block"], geometry["forced_local"]
-    return async_applies(q, block_m) and block_n == SB and FL >= 1 and geometry["window"] >= FL * SB
+    steps = block_n == SB and block_m == block_n
+    return async_applies(q, block_m) and steps and FL >= 1 and geometry["window"] >= FL * SB
 
 
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):

@@ -193,21 +193,24 @@ def _local_bound(t_rel, BN: gl.constexpr, FL: gl.constexpr):
 
 
 @gluon.jit
-def _store_local(acc, m_i, l_i, o_loc, lse_loc, t0, bos, eos, key0, h, HQ: gl.constexpr, G: gl.constexpr,
-                 D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, FL: gl.constexpr, O_L: gl.constexpr):  # fmt: skip
-    # the partial output (o_loc, normalised, input dtype) and base-2 LSE (lse_loc) of the rows whose local blocks
-    # start at key0: the window's state once its descending steps reach key0
+def _store_local(acc, m_i, l_i, o_loc, lse_loc, stage, r_s, t_s, row_ok, t0, bos, eos, key0, h, HQ: gl.constexpr,
+                 G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, FL: gl.constexpr,
+                 O_L: gl.constexpr, GATHER: gl.constexpr):  # fmt: skip
+    # the partial output (o_loc, normalised, input dtype; staged through the free key buffer stage) and base-2 LSE
+    # (lse_loc) of the rows whose local blocks start at key0: the window's state once its descending steps reach key0
     TT: gl.constexpr = BM // G
-    r = gl.arange(0, BM, gl.SliceLayout(1, O_L))
-    t, row_ok = _tile_rows(t0, eos, r, G, TT)
-    done = row_ok & (_local_bound(t - bos, BN, FL) == key0)
-    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, O_L))
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, O_L))
-    rows = t.to(gl.int64) * HQ + h * G + r % G
-    gl.store(lse_loc + rows, m_o + gl.log2(l_o), mask=done)
-    d = gl.arange(0, D, gl.SliceLayout(0, O_L))
-    out = acc * (1.0 / gl.where(done, l_o, 1.0))[:, None]
-    gl.store(o_loc + rows[:, None] * D + d[None, :], out.to(o_loc.dtype.element_ty), mask=done[:, None])
+    done = row_ok & (_local_bound(t_s - bos, BN, FL) == key0)
+    gl.store(lse_loc + t_s * HQ + h * G + r_s % G, m_i + gl.log2(l_i), mask=done)
+    l_o = gl.convert_layout(gl.where(done, l_i, 1.0), gl.SliceLayout(1, O_L))
+    stage.store((acc * (1.0 / l_o)[:, None]).to(stage.dtype))
+    gl.thread_barrier()
+    r = gl.arange(0, BM, gl.SliceLayout(1, GATHER))
+    t, ok = _tile_rows(t0, eos, r, G, TT)
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    rows = (t.to(gl.int64) * HQ + h * G + r % G)[:, None] * D + d[None, :]
+    done_g = ok & (_local_bound(t - bos, BN, FL) == key0)
+    gl.store(o_loc + rows, stage.load(GATHER), mask=done_g[:, None])
+    fence_async_shared()
 
 
 @gluon.jit
@@ -220,7 +223,7 @@ def branch_fwd_kernel_attn_async(
     # arguments as branch_fwd_kernel_attn (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors.
     # FL > 0 (SWD, BN the selection block, FL·BN <= W): the keys run in BN-aligned steps from the last one down, and
     # each row's state once they have covered its FL most recent blocks is the selection's partial of those blocks,
-    # stored to o_loc / lse_loc (_store_local)
+    # stored to o_loc / lse_loc (_store_local) through the key buffer the step has just finished with
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -288,7 +291,8 @@ def branch_fwd_kernel_attn_async(
         acc = warpgroup_mma_wait(0, deps=[acc])
         if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
             if (key0 == local_first) | (key0 == local_last):
-                _store_local(acc, m_i, l_i, o_loc, lse_loc, t0, bos, eos, key0, h, HQ, G, D, BM, BN, FL, O_L)
+                _store_local(acc, m_i, l_i, o_loc, lse_loc, k_smem.index(j % 2), r_s, t_s, row_ok, t0, bos, eos, key0,
+                             h, HQ, G, D, BM, BN, FL, O_L, GATHER)  # fmt: skip
 
     has_key = l_i > 0
     l_safe = gl.where(has_key, l_i, 1.0)
