@@ -2,7 +2,9 @@
 
 Forward: mean-pool K/V → compression attention (emits its LSE) → importance and exact top-n (unless
 ``block_indices`` are given) → selection attention (block-outer over the CSR of the selections, or over
-the tile unions) → window attention → gated combine. Backward: gate gradients and per-branch deltas →
+the tile unions) → window attention → gated combine; with a computed top-n the Gluon window runs before the
+selection and hands it the partial over each token's local blocks (``fwd_local_in_window``).
+Backward: gate gradients and per-branch deltas →
 selection dQ and dK/dV in one block-outer pass (or dQ over tile unions and dK/dV over the CSR) → dQ and
 dK/dV of window (banded) and compression (split over token ranges, then spread back through the mean
 pool), all with plain stores in a fixed order: deterministic, no float atomics. Extra memory beyond
