@@ -4,13 +4,13 @@ Forward: mean-pool K/V → compression attention (emits its LSE) → importance 
 ``block_indices`` are given) → selection attention (block-outer over the CSR of the selections, or over
 the tile unions) → window attention → gated combine; with a computed top-n the Gluon window runs before the
 selection and hands it the partial over each token's local blocks (``fwd_local_in_window``).
-Backward: gate gradients and per-branch deltas →
-selection dQ and dK/dV in one block-outer pass (or dQ over tile unions and dK/dV over the CSR) → dQ and
-dK/dV of window (banded) and compression (split over token ranges, then spread back through the mean
-pool), all with plain stores in a fixed order: deterministic, no float atomics. Extra memory beyond
-inputs, outputs and the three branch outputs: the int32 indices and their CSR / union tables,
-O(N·HKV·S), fp32 dQ/dK/dV accumulators, the compressed-key partial sums and the selection partials
-(bounded by ``TUNING["slc_block"]["partial_elems"]``, and for dK/dV by ``["bwd_dkv_partial_elems"]``).
+Backward: gate gradients and per-branch deltas → selection dQ and dK/dV in one block-outer pass (or dQ over
+tile unions and dK/dV over the CSR) → dQ and dK/dV of window (banded) and compression (split over token
+ranges, then spread back through the mean pool), all with plain stores in a fixed order: deterministic, no
+float atomics. Extra memory beyond inputs, outputs and the three branch outputs: the int32 indices and their
+CSR / union tables, O(N·HKV·S), fp32 dQ/dK/dV accumulators, the compressed-key partial sums and the selection
+partials (bounded by ``TUNING["slc_block"]["partial_elems"]``, and for dK/dV by
+``["bwd_dkv_partial_elems"]``).
 
 Shape legend:
     B batch, T tokens, N = B·T packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim,
