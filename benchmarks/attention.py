@@ -326,14 +326,20 @@ def structured_rows(T: int) -> list[dict]:
     return rows
 
 
-def time_provider(T: int, name: str, fn, grads, flops, label: str) -> dict:
-    """One provider's fwd and fwd+bwd times and peak memory at ``T``, printed under ``label``."""
-    torch.cuda.reset_peak_memory_stats()
+def fwd_and_fwd_bwd(fn, grads) -> tuple[tuple, tuple]:
+    """:func:`bench` of ``fn`` and of ``fn().backward(do)`` for one random dO, the grads of ``grads`` reset between
+    runs."""
     fwd = bench(fn)
     first = fn()
     do = torch.randn_like(first)
     del first
-    fb = bench(lambda: fn().backward(do), grads)
+    return fwd, bench(lambda: fn().backward(do), grads)
+
+
+def time_provider(T: int, name: str, fn, grads, flops, label: str) -> dict:
+    """One provider's fwd and fwd+bwd times and peak memory at ``T``, printed under ``label``."""
+    torch.cuda.reset_peak_memory_stats()
+    fwd, fb = fwd_and_fwd_bwd(fn, grads)
     peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"T={T:>6} {label:>17}  fwd {fwd[0]:9.3f} ms ({flops[0] / fwd[0] / 1e9:6.1f} TFLOP/s)  "
           f"fwd+bwd {fb[0]:9.3f} ms ({flops[1] / fb[0] / 1e9:6.1f} TFLOP/s)  peak {peak:6.2f} GiB",
@@ -345,8 +351,9 @@ def time_provider(T: int, name: str, fn, grads, flops, label: str) -> dict:
 def provider_rows(T: int, fla, names: list[str] | None) -> list[dict]:
     """The rows of the providers ``names`` (all by default) at ``T``. Where baselines run too, ours is timed first and
     again after them. Its row keeps the slower median of each phase, so a position in the process (run 26: up to 7 %
-    at 64K, cause unknown) cannot flatter the ratios. The two timings stay in ``fwd_runs`` / ``fwd_bwd_runs``; the peak
-    memory is the first timing's, before the baselines left allocations of their own."""
+    at 64K; run 27c: the GPU settling at its power cap) cannot flatter the ratios. The two timings stay in
+    ``fwd_runs`` / ``fwd_bwd_runs``; the peak memory is the first timing's, before the baselines left allocations of
+    their own."""
     table = providers(T, fla)
     order = [name for name in table if names is None or name in names]
     if "ours" in order and len(order) > 1:

@@ -26,7 +26,7 @@ import threading
 import time
 
 import torch
-from attention import bench, providers
+from attention import fwd_and_fwd_bwd, providers
 
 QUERY = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active"
 
@@ -74,14 +74,11 @@ class GpuSampler:
             self.process.terminate()
 
 
-def time_ours(table: dict, state: str, sampler: GpuSampler) -> None:
-    fn, grads, _ = table["ours"]
+def time_row(table: dict, state: str, sampler: GpuSampler, name: str = "ours") -> None:
+    """Time provider ``name`` of ``table`` and print its row, labelled ``state``, with the GPU's state over it."""
+    fn, grads, _ = table[name]
     start = time.perf_counter()
-    fwd = bench(fn)
-    first = fn()
-    do = torch.randn_like(first)
-    del first
-    fwd_bwd = bench(lambda: fn().backward(do), grads)
+    fwd, fwd_bwd = fwd_and_fwd_bwd(fn, grads)
     gpu = sampler.summary(start, time.perf_counter())
     print(f"| {state} | {fwd[0]:.3f} | {fwd_bwd[0]:.3f} | {gpu} |", flush=True)
 
@@ -100,31 +97,24 @@ def main() -> None:
     sampler = GpuSampler()
     print(f"T = {args.seqlen}, {torch.cuda.get_device_name()}\n")
     print("| state | fwd ms | fwd+bwd ms | SM / memory MHz | W | °C | reasons |\n|---|---|---|---|---|---|---|")
-    time_ours(table, "fresh", sampler)
+    time_row(table, "fresh", sampler)
     ballast = [torch.empty(2**28, device="cuda", dtype=torch.uint8) for _ in range(int(args.ballast * 4))]
-    time_ours(table, f"{args.ballast:g} GiB of other tensors allocated", sampler)
+    time_row(table, f"{args.ballast:g} GiB of other tensors allocated", sampler)
     del ballast
     torch.cuda.empty_cache()
-    time_ours(table, "those freed, cache emptied", sampler)
-    for name, (fn, grads, _) in table.items():
+    time_row(table, "those freed, cache emptied", sampler)
+    for name in table:
         if name != "ours":
-            start = time.perf_counter()
-            fwd = bench(fn)
-            first = fn()
-            do = torch.randn_like(first)
-            del first
-            fwd_bwd = bench(lambda fn=fn, do=do: fn().backward(do), grads)
-            gpu = sampler.summary(start, time.perf_counter())
-            print(f"| ({name}) | {fwd[0]:.3f} | {fwd_bwd[0]:.3f} | {gpu} |", flush=True)
-    time_ours(table, "after the baselines", sampler)
+            time_row(table, f"({name})", sampler, name)
+    time_row(table, "after the baselines", sampler)
     for name, (_, grads, _) in table.items():
         if name != "ours":
             for x in grads:
                 x.grad = None
     torch.cuda.empty_cache()
-    time_ours(table, "their gradients dropped, cache emptied", sampler)
+    time_row(table, "their gradients dropped, cache emptied", sampler)
     for repeat in range(args.repeats):
-        time_ours(table, f"again ({repeat + 1})", sampler)
+        time_row(table, f"again ({repeat + 1})", sampler)
     sampler.close()
 
 

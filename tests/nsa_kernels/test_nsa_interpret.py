@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nsa_core.config import NSAConfig
-from nsa_core.ops.reference import nsa_reference, select_blocks
+from nsa_core.ops.reference import nsa_reference, select_blocks, selection_attention
 from tests.nsa_kernels._helpers import make_inputs, rel_err, small_config
 
 pytestmark = pytest.mark.skipif(
@@ -275,21 +275,17 @@ def test_selection_algorithms_and_work_items(
     _assert_grads_match(o, ref, (q, k, v, g))
 
 
-def _local_partials(q, k, v, lens, select_block, forced_local, scale):
-    """Each row's attention over the keys of its token's ``forced_local`` most recent selection blocks (normalised
-    output, base-2 LSE), what the Gluon window forward emits (``attention.branch_fwd(local=...)``), in float32."""
-    HQ, HKV = q.shape[1], k.shape[1]
+def _local_partials(q, k, v, lens, config):
+    """Each row's attention over its token's ``forced_local`` most recent selection blocks alone (normalised output,
+    base-2 LSE), what the Gluon window forward emits (``attention.branch_fwd(local=...)``): the reference's selection
+    attention on those blocks, sequence by sequence, in float32."""
     outs, lses, start = [], [], 0
-    for n in lens:
-        t = torch.arange(n)
-        key_lo = ((t // select_block - forced_local + 1) * select_block).clamp_min(0)
-        visible = (t[None, :] >= key_lo[:, None]) & (t[None, :] <= t[:, None])
-        qs = q[start : start + n].float()
-        ks, vs = (x[start : start + n].float().repeat_interleave(HQ // HKV, 1) for x in (k, v))
-        s = torch.einsum("thd,jhd->htj", qs, ks) * scale
-        s = s.masked_fill(~visible, float("-inf"))
-        outs.append(torch.einsum("htj,jhd->thd", s.softmax(-1), vs))
-        lses.append((s.logsumexp(-1) * 1.4426950408889634).T)
+    for n in filter(None, lens):
+        blocks = (torch.arange(n) // config.select_block)[:, None] - torch.arange(config.forced_local)
+        idx = torch.where(blocks >= 0, blocks, -1)[None, :, None].expand(1, n, k.shape[1], -1)
+        o, lse = selection_attention(*(x[None, start : start + n].float() for x in (q, k, v)), idx, config)
+        outs.append(o[0])
+        lses.append(lse[0] * 1.4426950408889634)
         start += n
     return torch.cat(outs).to(q.dtype), torch.cat(lses).contiguous()
 
@@ -317,7 +313,7 @@ def test_selection_forward_takes_the_local_blocks_from_their_partial(range_token
     partial_elems = 14 * 4 * 32 * range_tokens if range_tokens else 2**31
     kw = dict(plan=plan, sel=sel, scale=scale, select_block=config.select_block, partial_elems=partial_elems)
     o_plain, lse_plain = selection_fwd(q, k, v, **kw)
-    o_loc, lse_loc = _local_partials(q, k, v, lens, config.select_block, config.forced_local, scale)
+    o_loc, lse_loc = _local_partials(q, k, v, lens, config)
     o, lse = selection_fwd(q, k, v, local=(o_loc, lse_loc, config.forced_local), **kw)
     assert rel_err(o, o_plain) < 1e-2
     torch.testing.assert_close(lse, lse_plain, atol=1e-3, rtol=0)
