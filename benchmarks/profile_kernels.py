@@ -79,9 +79,25 @@ def host_ops(fn, iters: int, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=60)
 
 
+SHOWN_CONSTANTS = ("MODE", "C", "WINDOW_C", "FL")
+"""The compile-time arguments that tell a kernel's specializations apart in the table."""
+
+
+def _shown_constants(fn, kernel) -> str:
+    # the SHOWN_CONSTANTS of one compiled specialization, as "NAME=value ..." (empty where the source is not kept)
+    constants = getattr(getattr(kernel, "src", None), "constants", None) or {}
+    shown = []
+    for key, value in constants.items():
+        index = key[0] if isinstance(key, tuple) else key
+        name = fn.arg_names[index] if isinstance(index, int) and index < len(fn.arg_names) else str(index)
+        if name in SHOWN_CONSTANTS:
+            shown.append(f"{name}={value}")
+    return " ".join(shown)
+
+
 def compiled_kernels() -> list[dict]:
     """Registers per thread, spilled bytes, warps and shared memory of every nsa_kernels Triton kernel compiled
-    so far in this process (one row per specialization)."""
+    so far in this process (one row per specialization, with its :data:`SHOWN_CONSTANTS`)."""
     import importlib
 
     import triton
@@ -97,7 +113,8 @@ def compiled_kernels() -> list[dict]:
                 for kernel in cache.values():
                     meta = kernel.metadata
                     rows.append({"kernel": name, "regs": kernel.n_regs, "spills": kernel.n_spills,
-                                 "warps": meta.num_warps, "shared": meta.shared})  # fmt: skip
+                                 "warps": meta.num_warps, "shared": meta.shared,
+                                 "constants": _shown_constants(fn, kernel)})  # fmt: skip
     return rows
 
 
@@ -145,9 +162,10 @@ def main() -> None:
                         print(f"  {ms:9.3f} ms  x{launches:6.1f}  {name[:110]}")
             torch.cuda.empty_cache()
     results["compiled"] = compiled_kernels()
-    print("\nkernel                          regs  spill B  warps  shared B")
+    print("\nkernel                          regs  spill B  warps  shared B  constants")
     for row in results["compiled"]:
-        print(f"{row['kernel'][:30]:30} {row['regs']:5} {row['spills']:8} {row['warps']:6} {row['shared']:9}")
+        print(f"{row['kernel'][:30]:30} {row['regs']:5} {row['spills']:8} {row['warps']:6} {row['shared']:9}  "
+              f"{row['constants']}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -278,44 +278,65 @@ def test_async_compression_window_flash_attention_rule(
 
 
 @pytest.mark.parametrize(
-    ("T", "HKV", "G", "D", "cu", "dtype"),
+    ("T", "HKV", "G", "D", "cu", "dtype", "ratio_max"),
     [
-        pytest.param(3001, 2, 7, 128, [0, 1400, 3001], torch.bfloat16, id="G7-varlen"),
-        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], torch.bfloat16, id="G7-D64-varlen-empty-seq"),
-        pytest.param(1531, 2, 1, 128, None, torch.float16, id="G1-fp16"),
-        pytest.param(2049, 1, 16, 64, [0, 63, 2049], torch.bfloat16, id="G16-D64-varlen-63"),
+        pytest.param(3001, 2, 7, 128, [0, 1400, 3001], torch.bfloat16, None, id="G7-varlen"),
+        pytest.param(2500, 2, 7, 64, [0, 777, 777, 2500], torch.bfloat16, None, id="G7-D64-varlen-empty-seq"),
+        pytest.param(1531, 2, 1, 128, None, torch.float16, None, id="G1-fp16"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], torch.bfloat16, None, id="G16-D64-varlen-63"),
+        pytest.param(3001, 2, 7, 128, [0, 1400, 3001], torch.bfloat16, 2.0**-100, id="G7-varlen-own-exponentials"),
+        pytest.param(2049, 1, 16, 64, [0, 63, 2049], torch.bfloat16, 2.0**-100, id="G16-D64-own-exponentials"),
     ],
 )
-def test_window_emitted_local_partials_flash_attention_rule(T, HKV, G, D, cu, dtype, poison_empty, monkeypatch):
-    """``fwd_local_in_window``: the window forward emits each row's selection partial over its two local blocks, and
-    the block-outer selection leaves those selections out. The call must take that path (it is spied on), meet the
-    flash-attention rule, and give the selection branch of the plain path to rounding (its partials are NaN-poisoned,
-    so a row the window skips fails)."""
+def test_window_local_blocks_flash_attention_rule(T, HKV, G, D, cu, dtype, ratio_max, poison_empty, monkeypatch):
+    """``fwd_local_in_window`` / ``bwd_local_in_window``: the window forward emits each row's selection partial over
+    its two local blocks, the window backward adds the selection's gradients over them, and the block-outer selection
+    leaves those selections out both ways. The call must take both paths (they are spied on), meet the
+    flash-attention rule, and give the plain path's branch outputs and gradients to rounding (the selection's partials
+    are NaN-poisoned, so a row the window skips, or a dQ partial the selection no longer writes but is read, fails).
+    A tiny ``ratio_max`` (``attention.LOCAL_RATIO_MAX``) makes the window backward take the selection's probabilities
+    from their own exponentials everywhere, not from its own times a per-row factor."""
     from nsa_kernels import attention, nsa
 
+    if ratio_max is not None:
+        monkeypatch.setattr(attention, "LOCAL_RATIO_MAX", ratio_max)
+
     if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the Gluon window forward is built for compute capability 9.x")
+        pytest.skip("the Gluon window kernels are built for compute capability 9.x")
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     geometry = {key: getattr(VIDEONSA, key) for key in ("select_block", "forced_local", "window")}
     assert attention.window_emits_local(q[0], geometry, 64, nsa.TUNING["swd"]["async_fwd_block_n"])
+    assert attention.window_takes_local(q[0], geometry, nsa.TUNING["cmp"]["async_block_n"])
     cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device="cuda")
-    selection_fwd, seen = nsa.selection_fwd, []
+    seen = []
 
-    def spy(*args, local=None, **kwargs):
-        seen.append(local is not None)
-        return selection_fwd(*args, local=local, **kwargs)
+    def spy_on(name):
+        run = getattr(nsa, name)
 
-    monkeypatch.setattr(nsa, "selection_fwd", spy)
+        def spy(*args, local=None, **kwargs):
+            seen.append((name, bool(local)))
+            return run(*args, local=local, **kwargs)
+
+        monkeypatch.setattr(nsa, name, spy)
+
+    spy_on("selection_fwd")
+    spy_on("selection_bwd")
+    do = torch.randn(q.shape, device="cuda", dtype=dtype)
     results = {}
     for fused in (False, True):
-        monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "fwd_local_in_window": fused})
-        with torch.no_grad():
-            results[fused] = _forward(q, k, v, g, VIDEONSA, cu_seqlens)[1]
-    assert seen == [False, True]
-    assert torch.equal(results[False].block_indices, results[True].block_indices)
+        switches = {"fwd_local_in_window": fused, "bwd_local_in_window": fused}
+        monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **switches})
+        o, aux = _forward(q, k, v, g, VIDEONSA, cu_seqlens)
+        results[fused] = aux, torch.autograd.grad(o, (q, k, v, g), do)
+    fwd, bwd = ("selection_fwd", "selection_bwd")
+    assert seen == [(fwd, False), (bwd, False), (fwd, True), (bwd, True)]
+    (plain, plain_grads), (fused, fused_grads) = results[False], results[True]
+    assert torch.equal(plain.block_indices, fused.block_indices)
     for branch in ("slc", "swd"):
-        assert rel_err(results[True].outputs[branch], results[False].outputs[branch]) < 1e-2, branch
-        torch.testing.assert_close(results[True].lse[branch], results[False].lse[branch], atol=2e-3, rtol=0)
+        assert rel_err(fused.outputs[branch], plain.outputs[branch]) < 1e-2, branch
+        torch.testing.assert_close(fused.lse[branch], plain.lse[branch], atol=2e-3, rtol=0)
+    for name, got, want in zip(("dq", "dk", "dv", "dgates"), fused_grads, plain_grads, strict=True):
+        assert rel_err(got, want) < 1e-2, name
     _assert_flash_attention_rule(q, k, v, g, VIDEONSA, cu)
 
 

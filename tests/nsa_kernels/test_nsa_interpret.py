@@ -8,6 +8,7 @@ the computed top-n is checked for exactness separately.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -319,6 +320,83 @@ def test_selection_forward_takes_the_local_blocks_from_their_partial(range_token
     torch.testing.assert_close(lse, lse_plain, atol=1e-3, rtol=0)
     empty = (torch.zeros_like(o_loc), torch.full_like(lse_loc, float("-inf")), config.forced_local)
     assert rel_err(selection_fwd(q, k, v, local=empty, **kw)[0], o_plain) > 0.1
+
+
+def _local_gradients(q, k, v, do, gates, lse, delta, lens, config):
+    """The selection's gradients from each token's ``forced_local`` most recent blocks alone, what the window backward
+    adds (``attention.branch_dkv`` / ``branch_dq`` ``local=``): with the full selection's LSE and delta held fixed,
+    P = exp(S - lse) and dS = P·(g·dP - delta) are the gradients of Σ P·(g·dO·V) - delta·Σ P over those keys. In
+    float64, sequence by sequence; ``(dq, dk, dv)``."""
+    G = q.shape[1] // k.shape[1]
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    total, start = 0.0, 0
+    for n in filter(None, lens):
+        rows = slice(start, start + n)
+        t = torch.arange(n)
+        first = ((t // config.select_block - config.forced_local + 1) * config.select_block).clamp_min(0)
+        local = (t[None, :] >= first[:, None]) & (t[None, :] <= t[:, None])
+        kh, vh = (x[rows].repeat_interleave(G, 1) for x in (k, v))
+        s = torch.einsum("thd,jhd->thj", q[rows], kh) * config.softmax_scale(q.shape[-1])
+        p = torch.where(local[:, None, :], torch.exp(s - lse[rows, :, None].double()), 0.0)
+        dp = torch.einsum("thd,jhd->thj", do[rows].double() * gates[rows, :, 1:2].double(), vh)
+        total = total + (p * dp).sum() - (delta[rows].double() * p.sum(-1)).sum()
+        start += n
+    return torch.autograd.grad(total, (q, k, v))
+
+
+def test_selection_backward_leaves_the_local_blocks_to_the_window(poison_empty):
+    """``selection_bwd(local=...)`` (the path of ``bwd_local_in_window``) leaves each token's two local blocks out of
+    its work items and dQ partials, in token ranges of 20 over varlen with an empty sequence: its dQ/dK/dV plus those
+    blocks' gradients (:func:`_local_gradients`) equal the plain selection backward's, and without them they differ."""
+    from nsa_kernels import nsa
+    from nsa_kernels.selection import selection_bwd, selection_fwd, selection_plan
+
+    config = small_config(num_selected=4, window=40)
+    lens = [37, 0, 83]
+    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    with torch.no_grad():
+        idx = _run(q, k, v, g, config, cu)[1].block_indices
+    q, k, v, g = (x.detach()[0] for x in (q, k, v, g))
+    geometry = {name: getattr(config, name) for name in nsa.GEOMETRY_KEYS}
+    plan = nsa._Plans(cu, lens, 14, 2, geometry)(nsa.TUNING["slc_block"]["block_m"])
+    sel = selection_plan(plan, idx[0].to(torch.int32).contiguous(), config.select_block)
+    kw = dict(plan=plan, sel=sel, scale=config.softmax_scale(32), select_block=config.select_block)
+    o, lse = selection_fwd(q, k, v, **kw)
+    do = torch.randn_like(q)
+    delta = g[..., 1].float() * (do.float() * o.float()).sum(-1)
+    kw.update(accumulate_dq=False, partial_elems=14 * 4 * 32 * 20)
+
+    def backward(local):
+        dq = torch.empty(q.shape, dtype=torch.float32)
+        dk, dv = selection_bwd(q, k, v, do, g, lse, delta, dq, local=local, **kw)
+        return dq, dk[0], dv[0]
+
+    plain, skipped = backward(0), backward(config.forced_local)
+    added = _local_gradients(q, k, v, do, g, lse, delta, lens, config)
+    for name, want, got, extra in zip(("dq", "dk", "dv"), plain, skipped, added, strict=True):
+        assert rel_err(got + extra, want) < 1e-2, name
+        assert rel_err(got, want) > 0.05, name
+
+
+def test_local_coefficients_and_their_exact_flag(poison_empty):
+    """``attention.local_coefficients``: per row ratio = exp(lse_swd - lse_slc) times the selection's gate and delta,
+    and the flag that sends the window backward to the selection's own exponentials, raised by one row whose ratio
+    passes ``LOCAL_RATIO_MAX`` (whose coefficients are then 0) and by no other."""
+    from nsa_kernels.attention import LOCAL_RATIO_MAX, local_coefficients
+
+    gen = torch.Generator().manual_seed(3)
+    lse_swd, lse_slc, delta = (torch.randn(1500, 7, generator=gen) * 4 for _ in range(3))
+    gates = torch.rand(1500, 7, 3, generator=gen).to(torch.bfloat16)
+    _, _, coef_a, coef_b, exact = local_coefficients(lse_swd, lse_slc, gates, delta)
+    ratio = torch.exp(lse_swd - lse_slc)
+    torch.testing.assert_close(coef_a, ratio * gates[..., 1].float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(coef_b, ratio * delta, rtol=1e-5, atol=0)
+    assert exact.tolist() == [0]
+    lse_swd[1234, 5] = lse_slc[1234, 5] + math.log(LOCAL_RATIO_MAX) + 1
+    _, _, coef_a, coef_b, exact = local_coefficients(lse_swd, lse_slc, gates, delta)
+    assert exact.tolist() == [1]
+    assert coef_a[1234, 5] == 0 and coef_b[1234, 5] == 0
 
 
 def test_selection_ranges_cut_at_query_tiles():

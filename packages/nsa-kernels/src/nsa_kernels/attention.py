@@ -25,6 +25,8 @@ Shape legend:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -486,6 +488,55 @@ def window_emits_local(q: torch.Tensor, geometry: dict, block_m: int, block_n: i
     return async_applies(q, block_m) and steps and FL >= 1 and geometry["window"] >= FL * SB
 
 
+LOCAL_RATIO_MAX = 2.0**60
+"""Where the window backward adds the selection's gradients over the local blocks, it takes the selection's
+probabilities there as the window's times ``ratio = exp(lse_swd - lse_slc)`` per row while every row's ratio is at most
+this (:func:`local_coefficients`), else from their own exponentials: what the window's underflow drops is then below
+2^-66."""
+
+
+@triton.jit
+def local_coef_kernel(lse_swd, lse_slc, gates, delta_slc, coef_a, coef_b, exact, R, log_ratio_max, BR: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    ok = rows < R
+    gap = tl.load(lse_swd + rows, mask=ok, other=0.0) - tl.load(lse_slc + rows, mask=ok, other=0.0)
+    extreme = ok & (gap > log_ratio_max)
+    ratio = tl.where(extreme, 0.0, tl.exp(tl.minimum(gap, log_ratio_max)))
+    gate = tl.load(gates + rows.to(tl.int64) * 3 + 1, mask=ok, other=0.0).to(tl.float32)
+    tl.store(coef_a + rows, ratio * gate, mask=ok)
+    tl.store(coef_b + rows, ratio * tl.load(delta_slc + rows, mask=ok, other=0.0), mask=ok)
+    tl.atomic_max(exact, tl.max(extreme.to(tl.int32), 0))
+
+
+def local_coefficients(
+    lse_swd: torch.Tensor, lse_slc: torch.Tensor, gates: torch.Tensor, delta_slc: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """What the window backward needs to add the selection's gradients over each row's local blocks (:func:`branch_dq`
+    / :func:`branch_dkv` ``local=``): ``(lse_slc, delta_slc, coef_a, coef_b, exact)``, where per row ``ratio =
+    exp(lse_swd - lse_slc)`` (natural LSEs ``[N, HQ]``), ``coef_a = ratio · gate_slc`` and ``coef_b = ratio ·
+    delta_slc`` (fp32), and ``exact`` (int32 ``[1]``) is 1 where some row's ratio passes :data:`LOCAL_RATIO_MAX`, so
+    the kernels take the selection's probabilities from their own exponentials. Integer atomics only: deterministic."""
+    R = lse_slc.numel()
+    coef = torch.empty(2, *lse_slc.shape, device=lse_slc.device, dtype=torch.float32)
+    exact = torch.zeros(1, device=lse_slc.device, dtype=torch.int32)
+    BR = 1024
+    if R:
+        local_coef_kernel[(triton.cdiv(R, BR),)](
+            lse_swd, lse_slc, gates, delta_slc, coef[0], coef[1], exact, R, math.log(LOCAL_RATIO_MAX), BR=BR
+        )
+    return lse_slc, delta_slc, coef[0], coef[1], exact
+
+
+def window_takes_local(q: torch.Tensor, geometry: dict, dq_block_n: int) -> bool:
+    """Whether the Gluon window backward can also add the selection's gradients over each row's ``forced_local`` most
+    recent blocks (:func:`branch_dkv` and, with ``window=``, :func:`branch_dq` ``local=``, its dQ stepping over
+    ``dq_block_n`` keys): its 64-key dK/dV tiles are the selection blocks, its dQ steps lie inside them, and those
+    blocks lie inside every row's window."""
+    SB, FL = geometry["select_block"], geometry["forced_local"]
+    steps = SB == 64 and SB % dq_block_n == 0
+    return async_applies(q) and steps and FL >= 1 and geometry["window"] >= FL * SB
+
+
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
     """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
     if not (wanted and async_applies(q, block_m)):
@@ -606,6 +657,7 @@ def branch_dq(
     heads: tuple[int, int] | None = None,
     slc_partials: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
     window: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool] | None = None,
+    local: tuple[torch.Tensor, ...] | None = None,
 ) -> None:
     """The dQ pass of one branch (its dK/dV pass is :func:`branch_dkv`): adds its dQ into ``dq`` (fp32), or with
     ``dq_out`` (the last dQ writer: the input dtype) stores the sum there instead, over the query tiles
@@ -625,7 +677,10 @@ def branch_dq(
     ``heads = (h0, count)`` runs the KV heads ``[h0, h0 + count)`` only (all by default); the partials then hold those
     heads alone. ``window = (k, v, do, lse, delta, gated)``: with ``mode=CMP`` where :func:`window_in_dq` holds, the
     window branch's dQ of the same tiles too, in the same kernel (its keys and values, dO, LSE and delta, and whether
-    that dO is gated already).
+    that dO is gated already). ``local`` (:func:`local_coefficients`), with an ungated window dO where
+    :func:`window_takes_local` holds: the window's steps add the selection's dQ over each row's ``forced_local`` most
+    recent blocks too, which the selection's partials leave out (:func:`~nsa_kernels.selection.selection_bwd`
+    ``local=``); every row must have selected those blocks.
     """
     _N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -646,6 +701,8 @@ def branch_dq(
     dq_kernel = async_kernel("branch_bwd_kernel_dq_async", async_dq and mode != SLC, q, BM)
     if window is not None and not (dq_kernel and mode == CMP and window_in_dq(q, BM, async_block_n)):
         raise ValueError("branch_dq(window=...) needs mode=CMP and the Gluon dQ kernel with window_in_dq true")
+    if local is not None and (window is None or window[5] or not window_takes_local(q, geometry, async_block_n)):
+        raise ValueError("branch_dq(local=...) needs window= with an ungated dO, and window_takes_local true")
     if dq_kernel:
         from nsa_kernels.attention_async import key_descriptors
 
@@ -656,12 +713,14 @@ def branch_dq(
             wk, wv, w_do, w_lse, w_delta, w_gated = window
             window_args = (*key_descriptors(wk, wv, async_block_n), w_do, w_lse, w_delta)
             window_c = -1 if w_gated else SWD
+        window_args = (*window_args, *(local or (lse, delta, lse, delta, plan["cu_seqlens"])))
         dq_kernel[grid](
             q, *keys, do, gates, lse, delta, dq, dq_out, plan["cu_seqlens"], c["cu_keys"], tile_seq, tile_start, part,
             part_row, part_t0, h0, first, scale, scale * LOG2E, *window_args, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM,
             BN=async_block_n, MODE=mode, C=c["C"], CL=geometry["compress_block"], CS=geometry["compress_stride"],
             W=geometry["window"], ACCUMULATE=accumulate_dq, PART_S=part_s, PART_HR=head_count,
-            PART_BUFFERS=async_dq_partial_buffers, WINDOW_C=window_c, num_warps=num_warps,
+            PART_BUFFERS=async_dq_partial_buffers, WINDOW_C=window_c, SB=geometry["select_block"],
+            FL=0 if local is None else geometry["forced_local"], num_warps=num_warps,
             **launch_options(async_dq_maxnreg),
         )  # fmt: skip
         return
@@ -698,6 +757,7 @@ def branch_dkv(
     maxnreg: int | None = None,
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
+    local: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The dK/dV pass of one branch (its dQ pass is :func:`branch_dq`); arguments as there.
 
@@ -709,7 +769,10 @@ def branch_dkv(
     ``span`` (0: equal shares of each key tile's token range; > 0: chunks of that many tokens, used when
     that gives more programs than the equal shares). ``maxnreg`` caps the registers per thread of the Triton kernel;
     ``async_dkv``: the Gluon kernel of :mod:`nsa_kernels.attention_async` for ``CMP`` / ``SWD`` where it applies (see
-    :func:`async_kernel`), on ``dkv_num_warps`` warps.
+    :func:`async_kernel`), on ``dkv_num_warps`` warps. ``local`` (:func:`local_coefficients`; ``SWD``, ungated
+    ``do``, the Gluon kernel, :func:`window_takes_local`): each key tile also gets the selection's dK/dV from
+    the tokens for which it is one of their ``forced_local`` most recent blocks, which the selection then leaves out
+    (:func:`~nsa_kernels.selection.selection_bwd` ``local=``); every row must have selected those blocks.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -751,11 +814,14 @@ def branch_dkv(
         dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
     dkv_bm = max(dkv_block_m, BM)
     dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", async_dkv and mode != SLC and BN == 64, q, dkv_bm)
+    if local is not None and not (mode == SWD and dkv_kernel and C >= 0 and window_takes_local(q, geometry, 64)):
+        raise ValueError("branch_dkv(local=...) needs mode=SWD, an ungated dO, the Gluon kernel and window_takes_local")
     if ktile_seq.numel() and dkv_kernel:
         dkv_kernel[(ktile_seq.numel(), HKV, nsplit)](
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1], plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, NK,
-            scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=dkv_bm, BN=64, MODE=mode, C=C, CL=common["CL"],
-            CS=common["CS"], W=common["W"], NSPLIT=nsplit, SPAN=span if mode == CMP else 0, ACCUMULATE=accumulate,
+            scale, scale * LOG2E, *(local or (lse, delta, lse, delta, cu_keys)), HQ=HQ, HKV=HKV, G=G, D=D, BM=dkv_bm,
+            BN=64, MODE=mode, C=C, CL=common["CL"], CS=common["CS"], W=common["W"], NSPLIT=nsplit,
+            SPAN=span if mode == CMP else 0, ACCUMULATE=accumulate, FL=0 if local is None else geometry["forced_local"],
             num_warps=dkv_num_warps,
         )  # fmt: skip
     elif ktile_seq.numel():

@@ -352,18 +352,55 @@ def _store_dq_with_partials(acc, dq, dq_out, slc_part, slc_row, part_t0, t, g, o
 
 
 @gluon.jit
+def _local_rows(lse_loc, delta_loc, gates, rows, ok):
+    # the selection's base-2 LSE (+inf where ok is false, so P is 0 there), delta and gate of the rows
+    lse_row = gl.load(lse_loc + rows, mask=ok, other=float("-inf"))
+    lse2 = gl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
+    delta_row = gl.load(delta_loc + rows, mask=ok, other=0.0)
+    return lse2, delta_row, gl.load(gates + rows * 3 + 1, mask=ok, other=0.0).to(gl.float32)
+
+
+@gluon.jit
+def _window_local_step(s, dp, scale2, lse2, gate, delta_row, coef_a, coef_b, in_local, exact, lse_loc, delta_loc, gates,
+                       rows, key, vis_lo, vis_hi):  # fmt: skip
+    # one window step's gate·P + gate_loc·P_loc and dS = P·(gate·dP - delta) + P_loc·(gate_loc·dP - delta_loc), P the
+    # window's probabilities under its mask, P_loc the selection's on the rows in_local (all keys of the step being
+    # among those rows' local blocks). Unless exact, P_loc = P·ratio with the per-row coefficients of
+    # attention.local_coefficients (coef_a = ratio·gate_loc, coef_b = ratio·delta_loc), so no second exponential;
+    # exact: from the selection's own LSE, delta and gate rows
+    p = _mask_visible(gl.exp2(s * scale2 - lse2[:, None]), key, vis_lo, vis_hi, 0.0)
+    if exact:
+        lse2_loc, delta_loc_row, gate_loc = _local_rows(lse_loc, delta_loc, gates, rows, in_local)
+        p_loc = _mask_visible(gl.exp2(s * scale2 - lse2_loc[:, None]), key, vis_lo, vis_hi, 0.0)
+        pv = p * gate[:, None] + p_loc * gate_loc[:, None]
+        ds = p * (dp * gate[:, None] - delta_row[:, None]) + p_loc * (dp * gate_loc[:, None] - delta_loc_row[:, None])
+    else:
+        c1 = gate + gl.where(in_local, coef_a, 0.0)
+        c2 = delta_row + gl.where(in_local, coef_b, 0.0)
+        pv = p * c1[:, None]
+        ds = p * (dp * c1[:, None] - c2[:, None])
+    return pv, ds
+
+
+@gluon.jit
 def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kbos, t0, bos, eos, h, lse, delta,
-              gates, scale2, HQ: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-              MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
+              gates, lse_loc, delta_loc, coef_a, coef_b, scale2, HQ: gl.constexpr, G: gl.constexpr, D: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr,
+              CS: gl.constexpr, W: gl.constexpr, SB: gl.constexpr, FL: gl.constexpr, EXACT: gl.constexpr,
               num_warps: gl.constexpr):  # fmt: skip
     # add one branch's dQ of the tile at token t0 (its dO rows in do_buf, its keys from kbos on) into acc; the key
     # steps are numbered from step0 on (buffer and mbarrier phase), the first one loaded here. Returns (acc, the next
-    # step's number).
+    # step's number). FL > 0 (SWD, dO ungated, C >= 0, BN dividing SB): also the selection's dQ over each row's FL
+    # most recent blocks of SB keys (_window_local_step: the selection's LSE and delta rows lse_loc, delta_loc, the
+    # per-row coefficients coef_a, coef_b of attention.local_coefficients, EXACT as its flag); the steps start at a
+    # multiple of BN, so each lies inside one block and a row's local blocks hold all of it or none.
     TT: gl.constexpr = BM // G
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
     DS_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_mma_layout(BM, D, num_warps), k_width=2)
     dtype: gl.constexpr = do_buf.dtype
     start, end, full = _key_range(t0, bos, eos, TT, BN, MODE, CL, CS, W)
+    if FL > 0:
+        start = start // BN * BN
     _load_keys(k_desc, v_desc, k_smem, v_smem, bars, step0 % 2, kbos, start, end, h, D)
     r_s = gl.arange(0, BM, gl.SliceLayout(1, S_L))
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
@@ -375,6 +412,10 @@ def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kb
     delta_row = gl.load(delta + rows_s, mask=row_ok, other=0.0)
     if C >= 0:
         gate = gl.load(gates + rows_s * 3 + C, mask=row_ok, other=0.0).to(gl.float32)
+    if FL > 0:
+        row_a = gl.load(coef_a + rows_s, mask=row_ok, other=0.0)
+        row_b = gl.load(coef_b + rows_s, mask=row_ok, other=0.0)
+        bound = _local_bound(t_s - bos, SB, FL)
     steps = gl.cdiv(end - start, BN)
     for j in range(steps):
         step = step0 + j
@@ -385,12 +426,19 @@ def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kb
         dp = warpgroup_mma(do_buf, v_smem.index(step % 2).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
                            use_acc=False, is_async=True)  # fmt: skip
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.exp2(s * scale2 - lse2[:, None])
-        if key0 + BN > full:
-            p = _mask_visible(p, key0 + n_s, vis_lo, vis_hi, 0.0)
-        if C >= 0:
-            dp = dp * gate[:, None]
-        ds = gl.convert_layout((p * (dp - delta_row[:, None])).to(dtype), DS_L)
+        if FL > 0:
+            in_local = key0 >= bound
+            _, ds = _window_local_step(s, dp, scale2, lse2, gate, delta_row, row_a, row_b, in_local, EXACT, lse_loc,
+                                       delta_loc, gates, rows_s, key0 + n_s, vis_lo, vis_hi)  # fmt: skip
+        else:
+            p = gl.exp2(s * scale2 - lse2[:, None])
+            if key0 + BN > full:
+                p = _mask_visible(p, key0 + n_s, vis_lo, vis_hi, 0.0)
+            dp_branch = dp
+            if C >= 0:
+                dp_branch = dp * gate[:, None]
+            ds = p * (dp_branch - delta_row[:, None])
+        ds = gl.convert_layout(ds.to(dtype), DS_L)
         acc = warpgroup_mma(ds, k_smem.index(step % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
     return acc, step0 + steps
@@ -399,16 +447,20 @@ def _dq_steps(acc, q_op, do_buf, k_desc, v_desc, k_smem, v_smem, bars, step0, kb
 @gluon.jit
 def branch_bwd_kernel_dq_async(
     q, k_desc, v_desc, do, gates, lse, delta, dq, dq_out, cu_seqlens, cu_keys, tile_seq, tile_start, slc_part, slc_row,
-    part_t0, h0, tile0, scale, scale2, wk_desc, wv_desc, w_do, w_lse, w_delta,
+    part_t0, h0, tile0, scale, scale2, wk_desc, wv_desc, w_do, w_lse, w_delta, w_lse_loc, w_delta_loc, coef_a, coef_b,
+    exact_flag,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
     ACCUMULATE: gl.constexpr, PART_S: gl.constexpr, PART_HR: gl.constexpr, PART_BUFFERS: gl.constexpr,
-    WINDOW_C: gl.constexpr, num_warps: gl.constexpr,
+    WINDOW_C: gl.constexpr, SB: gl.constexpr, FL: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     # arguments as branch_bwd_kernel_dq (MODE CMP or SWD, BD = D), K and V as descriptors of key_descriptors;
     # PART_BUFFERS as async_dq_partial_buffers. WINDOW_C > -2 (MODE CMP, Q in registers): the window branch's dQ of
     # the same tiles too, from the window's keys (wk_desc, wv_desc: key_descriptors of K and V), dO rows, LSE and delta
-    # (WINDOW_C as C for its gate); its dO rows wait in the query buffer while the compression keys run.
+    # (WINDOW_C as C for its gate); its dO rows wait in the query buffer while the compression keys run. FL > 0 (with
+    # WINDOW_C >= 0): the window's steps add the selection's dQ over each row's FL most recent blocks of SB keys too
+    # (_dq_steps; the selection's LSE and delta rows w_lse_loc, w_delta_loc, the coefficients coef_a, coef_b and
+    # exact_flag of attention.local_coefficients), whose partials the selection left out.
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -439,14 +491,24 @@ def branch_bwd_kernel_dq_async(
 
     acc = gl.zeros([BM, D], gl.float32, DQ_L)
     acc, step = _dq_steps(acc, q_op, do_smem, k_desc, v_desc, k_smem, v_smem, bars, 0, kbos, t0, bos, eos, h, lse,
-                          delta, gates, scale2, HQ, G, D, BM, BN, MODE, C, CL, CS, W, num_warps)  # fmt: skip
+                          delta, gates, lse, delta, lse, delta, scale2, HQ, G, D, BM, BN, MODE, C, CL, CS, W, SB, 0,
+                          False, num_warps)  # fmt: skip
     if WINDOW_C > -2:
         async_copy.wait_group(0)
         gl.thread_barrier()
         fence_async_shared()
-        acc, step = _dq_steps(acc, q_op, q_smem, wk_desc, wv_desc, k_smem, v_smem, bars, step, bos, t0, bos, eos, h,
-                              w_lse, w_delta, gates, scale2, HQ, G, D, BM, BN, 2, WINDOW_C, CL, CS, W,
-                              num_warps)  # fmt: skip
+        if FL == 0:
+            acc, step = _dq_steps(acc, q_op, q_smem, wk_desc, wv_desc, k_smem, v_smem, bars, step, bos, t0, bos, eos, h,
+                                  w_lse, w_delta, gates, w_lse, w_delta, w_lse, w_delta, scale2, HQ, G, D, BM, BN, 2,
+                                  WINDOW_C, CL, CS, W, SB, 0, False, num_warps)  # fmt: skip
+        elif gl.load(exact_flag) != 0:
+            acc, step = _dq_steps(acc, q_op, q_smem, wk_desc, wv_desc, k_smem, v_smem, bars, step, bos, t0, bos, eos, h,
+                                  w_lse, w_delta, gates, w_lse_loc, w_delta_loc, coef_a, coef_b, scale2, HQ, G, D, BM,
+                                  BN, 2, WINDOW_C, CL, CS, W, SB, FL, True, num_warps)  # fmt: skip
+        else:
+            acc, step = _dq_steps(acc, q_op, q_smem, wk_desc, wv_desc, k_smem, v_smem, bars, step, bos, t0, bos, eos, h,
+                                  w_lse, w_delta, gates, w_lse_loc, w_delta_loc, coef_a, coef_b, scale2, HQ, G, D, BM,
+                                  BN, 2, WINDOW_C, CL, CS, W, SB, FL, False, num_warps)  # fmt: skip
 
     if PART_S > 0:
         PART_BYTES: gl.constexpr = slc_part.dtype.element_ty.primitive_bitwidth // 8
@@ -503,13 +565,26 @@ def _token_range(k0, bos, eos, split, TT: gl.constexpr, BN: gl.constexpr, MODE: 
 
 
 @gluon.jit
+def _stage(pv, ds, p_smem, ds_smem):
+    # one step's P (times the gates) and dS into shared memory for the dV / dK MMAs
+    p_smem.store(pv.to(p_smem.dtype))
+    ds_smem.store(ds.to(ds_smem.dtype))
+    fence_async_shared()
+    gl.thread_barrier()
+
+
+@gluon.jit
 def branch_bwd_kernel_dkv_async(
     q, k, v, do, gates, lse, delta, dk, dv, cu_seqlens, cu_keys, ktile_seq, ktile_start, nk_total, scale, scale2,
+    lse_loc, delta_loc, coef_a, coef_b, exact_flag,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
     MODE: gl.constexpr, C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr,
-    NSPLIT: gl.constexpr, SPAN: gl.constexpr, ACCUMULATE: gl.constexpr, num_warps: gl.constexpr,
+    NSPLIT: gl.constexpr, SPAN: gl.constexpr, ACCUMULATE: gl.constexpr, FL: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # arguments as branch_bwd_kernel_dkv (MODE CMP or SWD, BD = D, BN = 64)
+    # arguments as branch_bwd_kernel_dkv (MODE CMP or SWD, BD = D, BN = 64). FL > 0 (SWD, dO ungated, C >= 0, the key
+    # tile a selection block): the steps of the tokens for which the tile is one of their FL most recent blocks add
+    # the selection's P and dS there too (_window_local_step: its LSE and delta rows lse_loc, delta_loc, the per-row
+    # coefficients coef_a, coef_b and exact_flag of attention.local_coefficients), whose partials the selection left out
     TT: gl.constexpr = BM // G
     GATHER: gl.constexpr = _gather_layout(num_warps)
     S_L: gl.constexpr = _mma_layout(BM, BN, num_warps)
@@ -541,6 +616,8 @@ def branch_bwd_kernel_dkv_async(
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
     dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
     dv_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
+    if FL > 0:
+        exact = gl.load(exact_flag) != 0
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
         async_copy.wait_group(0)
@@ -557,16 +634,28 @@ def branch_bwd_kernel_dkv_async(
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
         if C >= 0:
             t_c, ok_c = _tile_rows(base, hi, r_s, G, TT)
-            gate = gl.load(gates + ((bos + t_c) * HQ + h * G + r_s % G) * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
+            rows_c = (bos + t_c) * HQ + h * G + r_s % G
+            gate = gl.load(gates + rows_c * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
         else:
             gate = None
+        if FL > 0:
+            in_local = ok_c & (t_c < k0 + FL * BN)
+            row_a = gl.load(coef_a + rows_c, mask=in_local, other=0.0)
+            row_b = gl.load(coef_b + rows_c, mask=in_local, other=0.0)
         s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.exp2(s * scale2 - lse2[:, None])
-        if (base < open_lo) | (base > open_hi):
-            t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
-            vis_lo, vis_hi = _visible_limits(t_rel, ok_rel, MODE, CL, CS, W)
-            p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
-        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
+        if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
+            if base < k0 + FL * BN:
+                loc_lo, loc_hi = _visible_limits(t_c, ok_c, MODE, CL, CS, W)
+                pv, ds = _window_local_step(s, dp, scale2, lse2, gate, delta_row, row_a, row_b, in_local, exact,
+                                            lse_loc, delta_loc, gates, rows_c, k0 + n_s, loc_lo, loc_hi)  # fmt: skip
+                _stage(pv, ds, p_smem, ds_smem)
+        if (FL == 0) | (base >= k0 + FL * BN):
+            p = gl.exp2(s * scale2 - lse2[:, None])
+            if (base < open_lo) | (base > open_hi):
+                t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
+                vis_lo, vis_hi = _visible_limits(t_rel, ok_rel, MODE, CL, CS, W)
+                p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
+            _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])

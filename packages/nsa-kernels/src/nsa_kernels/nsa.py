@@ -35,8 +35,10 @@ from nsa_kernels.attention import (
     branch_dkv,
     branch_dq,
     branch_fwd,
+    local_coefficients,
     window_emits_local,
     window_in_dq,
+    window_takes_local,
 )
 from nsa_kernels.combine import combine_bwd, combine_fwd
 from nsa_kernels.index import (
@@ -102,6 +104,7 @@ TUNING = {
         "fwd_async_gathers": True,
         "fwd_async_buffers": 2,
         "fwd_local_in_window": True,
+        "bwd_local_in_window": True,
     },
     "swd": {
         "block_m": 64,
@@ -151,7 +154,11 @@ beside the compression's MMAs). ``fwd_async_gathers`` / ``bwd_async_gathers`` ru
 buffers (rows copied that many steps minus one ahead). ``fwd_local_in_window``: where the top-n is computed here
 (so every token selected its ``forced_local`` most recent blocks, ``num_selected`` allowing) and the Gluon window
 forward can (:func:`~nsa_kernels.attention.window_emits_local`), the window runs first and emits each row's selection
-partial over those blocks, which lie inside its window; the block-outer selection leaves them out. ``topk`` launches
+partial over those blocks, which lie inside its window; the block-outer selection leaves them out.
+``bwd_local_in_window``: the same in the backward, where the window's dQ runs in the compression dQ
+(``swd``'s ``async_dq_in_cmp``) and its Gluon dK/dV can (:func:`~nsa_kernels.attention.window_takes_local`): the
+window's dQ and dK/dV kernels, given the ungated dO, add the selection's gradients over those blocks (same scores,
+no extra MMA) and the block-outer selection leaves them out. ``topk`` launches
 the importance and top-n kernels (:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance
 kernel of :mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine
 backward writes the gated dO of a branch once (not per row).
@@ -356,8 +363,7 @@ def nsa_fwd(
             tune = _phase_tuning("fwd")
             del tune["dq_partials_fp32"]
             local = None
-            forced = computed and geometry["num_selected"] >= geometry["forced_local"]
-            if tune.pop("local_in_window") and forced and "swd" in branches:
+            if tune.pop("local_in_window") and _local_blocks_selected(computed, geometry) and "swd" in branches:
                 local = _window_with_local(q, k, v, plans, scale, geometry, out)
             sel = selection_plan(plan, block_indices, geometry["select_block"])
             out["csr"] = sel["entries"], sel["key"]
@@ -376,6 +382,12 @@ def nsa_fwd(
         )
     out["o"] = combine_fwd(out["outputs"], gates)
     return out
+
+
+def _local_blocks_selected(computed: bool, geometry: dict) -> bool:
+    """Whether every token selected its ``forced_local`` most recent blocks: the top-n was computed here, with room
+    for all the forced blocks."""
+    return computed and geometry["num_selected"] >= geometry["forced_initial"] + geometry["forced_local"]
 
 
 def _window_with_local(q: Tensor, k: Tensor, v: Tensor, plans: _Plans, scale: float, geometry: dict, out: dict):
@@ -407,15 +419,15 @@ def nsa_bwd(
     branches: tuple[str, ...],
     scale: float,
     csr: tuple[Tensor, Tensor] | None = None,
+    computed: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype; ``csr``: the forward's selection CSR."""
+    """Gradients ``(dq, dk, dv, dgates)`` in the input layout and dtype; ``csr``: the forward's selection CSR;
+    ``computed``: ``block_indices`` are the forward's top-n (so every token selected its forced local blocks)."""
     shape_q, shape_k, shape_g = q.shape, k.shape, gates.shape
     HQ, HKV = q.shape[2], k.shape[2]
     q, k, v, gates, cu, lens = _flatten(q, k, v, gates, cu_seqlens)
     plans = _Plans(cu, lens, HQ, HKV, geometry)
     do = do.reshape(q.shape).contiguous()
-    pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name])
-    dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
     block_slc = "slc" in branches and SELECTION["algo"] == "block"
     tune = _phase_tuning("bwd")
     dq_in_cmp = tune.pop("dq_in_cmp") and block_slc and "cmp" in branches
@@ -424,6 +436,13 @@ def nsa_bwd(
         dq_in_cmp and "swd" in branches and TUNING["swd"]["async_dq_in_cmp"] and cmp_dq.get("async_dq", False)
         and window_in_dq(q, cmp_dq["block_m"], cmp_dq["async_block_n"])
     )  # fmt: skip
+    local_in_window = (
+        tune.pop("local_in_window") and window_in_cmp and _local_blocks_selected(computed, geometry)
+        and _branch_tuning("swd", q, "bwd").get("async_dkv", False)
+        and window_takes_local(q, geometry, cmp_dq["async_block_n"])
+    )  # fmt: skip
+    pregated = tuple(name for name in BRANCHES if TUNING["pregate"][name] and not (local_in_window and name == "swd"))
+    dgates, delta, gated = combine_bwd(do, outputs, gates, pregated)
     # the fp32 dQ sum of the branches that do not write the output; none when the compression dQ does all of it
     dq = None if window_in_cmp else torch.empty(q.shape, device=q.device, dtype=torch.float32)
     last_dq = next(name for name in ("cmp", "swd", "slc") if name in branches)
@@ -468,7 +487,8 @@ def nsa_bwd(
         sel = selection_plan(plan, block_indices, geometry["select_block"], csr)
         return selection_bwd(
             q, k, v, *grad_inputs("slc"), dq, plan=plan, sel=sel, scale=scale, select_block=geometry["select_block"],
-            accumulate_dq=False, gated="slc" in gated, **kw, **tune,
+            accumulate_dq=False, gated="slc" in gated, local=geometry["forced_local"] if local_in_window else 0, **kw,
+            **tune,
         )  # fmt: skip
 
     def cmp_keys() -> tuple[dict, Tensor, Tensor]:
@@ -481,12 +501,14 @@ def nsa_bwd(
 
     if dq_in_cmp:
         # the compression dQ adds the selection's dQ partials of its tiles, token range by token range, and with
-        # window_in_cmp the window's dQ of those tiles
-        window = None
+        # window_in_cmp the window's dQ of those tiles (and with local_in_window the selection's over the local blocks)
+        window = local = None
+        if local_in_window:
+            local = local_coefficients(lse["swd"], lse["slc"], gates, delta[BRANCHES.index("slc")])
         if window_in_cmp:
             w_do, _, w_lse, w_delta = grad_inputs("swd")
             window = (k, v, w_do, w_lse, w_delta, "swd" in gated)
-            dkv = dkv_pass("swd", SWD, k, v, dkv=None)
+            dkv = dkv_pass("swd", SWD, k, v, dkv=None, local=local)
         elif "swd" in branches:
             dkv = branch_grad("swd", SWD, k, v, dkv=None)
         plan_cmp, k_cmp, v_cmp = cmp_keys()
@@ -498,7 +520,7 @@ def nsa_bwd(
             dq_pass(
                 "cmp", CMP, k_cmp, v_cmp, plan_cmp, accumulate_dq="swd" in branches and not window_in_cmp,
                 dq_out=dq_out, tiles=(tile_lo, tile_hi), heads=heads,
-                slc_partials=(*partials, block_indices.shape[-1], t_lo), window=window,
+                slc_partials=(*partials, block_indices.shape[-1], t_lo), window=window, local=local,
             )  # fmt: skip
 
         dkv = selection_grad(dkv=dkv, dq_reduce=dq_with_selection, reduce_tiles=plan_cmp["tokens_per_tile"])
@@ -545,7 +567,7 @@ _FWD_SCHEMA = (
 _BWD_SCHEMA = (
     "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor gates, Tensor? cu_seqlens, Tensor o_cmp, Tensor o_slc, "
     "Tensor o_swd, Tensor lse, Tensor block_indices, Tensor csr_entries, Tensor csr_key, int[] geometry, "
-    "bool[] branches, float scale) "
+    "bool[] branches, float scale, bool computed) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -599,14 +621,14 @@ def _(q, k, v, gates, cu_seqlens, block_indices, geometry, branches, scale, retu
 @torch.library.custom_op("nsa_kernels::nsa_bwd", mutates_args=(), schema=_BWD_SCHEMA)
 def _nsa_bwd_op(
     do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, block_indices, csr_entries, csr_key, geometry, branches,
-    scale,
+    scale, computed,
 ):  # fmt: skip
     names = _branches(branches)
     outputs = {n: o for n, o in zip(BRANCHES, (o_cmp, o_slc, o_swd), strict=True) if n in names}
     lses = {n: lse[c] for c, n in enumerate(BRANCHES) if n in names}
     bi = block_indices.reshape(q.shape[0] * q.shape[1], k.shape[2], -1).to(torch.int32).contiguous()
     csr = (csr_entries, csr_key) if csr_entries.numel() else None
-    return nsa_bwd(do, q, k, v, gates, cu_seqlens, outputs, lses, bi, _geometry(geometry), names, scale, csr)
+    return nsa_bwd(do, q, k, v, gates, cu_seqlens, outputs, lses, bi, _geometry(geometry), names, scale, csr, computed)
 
 
 @_nsa_bwd_op.register_fake
@@ -622,6 +644,7 @@ def _setup_context(ctx, inputs, output):
         selected = q.new_empty(0, dtype=torch.int32)
     ctx.save_for_backward(q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key)
     ctx.geometry, ctx.branches, ctx.scale = geometry, branches, scale
+    ctx.computed = block_indices is None
     ctx.set_materialize_grads(False)
 
 
@@ -631,7 +654,7 @@ def _backward(ctx, do, *unused):
     q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key = ctx.saved_tensors
     dq, dk, dv, dg = torch.ops.nsa_kernels.nsa_bwd(
         do, q, k, v, gates, cu_seqlens, o_cmp, o_slc, o_swd, lse, selected, csr_entries, csr_key, ctx.geometry,
-        ctx.branches, ctx.scale,
+        ctx.branches, ctx.scale, ctx.computed,
     )  # fmt: skip
     return dq, dk, dv, dg, None, None, None, None, None, None
 

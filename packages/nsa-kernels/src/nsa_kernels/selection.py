@@ -726,6 +726,7 @@ def selection_bwd(
     dq_reduce: Callable[..., None] | None = None,
     reduce_tiles: int = 1,
     range_heads: int = 0,
+    local: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -751,6 +752,10 @@ def selection_bwd(
     partial). ``dq_reduce((dq_part, part_row), t_lo, t_hi, tile_lo, tile_hi, heads)`` sums a range's partials instead
     of the reduction kernel, over the query tiles ``[tile_lo, tile_hi)`` (cut at multiples of ``reduce_tiles`` tokens)
     and the KV heads ``heads = (h0, count)``; ``dq`` is then unused (may be None).
+
+    ``local``: the selections of each token's ``local`` most recent blocks, which every token must have selected, are
+    left out (their partials stay empty): the window backward adds their gradients
+    (:func:`~nsa_kernels.attention.branch_dkv` / :func:`~nsa_kernels.attention.branch_dq` ``local=``).
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -782,7 +787,10 @@ def selection_bwd(
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
-    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR)
+    first_token = None
+    if local:
+        first_token = cached(plan.get("memo"), ("local_end", SB, local), lambda: _local_end(plan, SB, local, HKV))
+    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR, first_token)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
     for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
