@@ -7,10 +7,11 @@ selection and hands it the partial over each token's local blocks (``fwd_local_i
 Backward: gate gradients and per-branch deltas → selection dQ and dK/dV in one block-outer pass (or dQ over
 tile unions and dK/dV over the CSR) → dQ and dK/dV of window (banded) and compression (split over token
 ranges, then spread back through the mean pool), all with plain stores in a fixed order: deterministic, no
-float atomics. Extra memory beyond inputs, outputs and the three branch outputs: the int32 indices and their
-CSR / union tables, O(N·HKV·S), fp32 dQ/dK/dV accumulators, the compressed-key partial sums and the selection
-partials (bounded by ``TUNING["slc_block"]["partial_elems"]``, and for dK/dV by
-``["bwd_dkv_partial_elems"]``).
+float atomics. With a computed top-n the Gluon window's dQ and dK/dV also take the selection's gradients over each
+token's local blocks, which the selection then leaves out (``bwd_local_in_window``). Extra memory beyond inputs,
+outputs and the three branch outputs: the int32 indices and their CSR / union tables, O(N·HKV·S), fp32 dQ/dK/dV
+accumulators, the compressed-key partial sums and the selection partials (bounded by
+``TUNING["slc_block"]["partial_elems"]``, and for dK/dV by ``["bwd_dkv_partial_elems"]``).
 
 Shape legend:
     B batch, T tokens, N = B·T packed tokens, HQ query heads, HKV KV heads, G = HQ / HKV, D head dim,
