@@ -11,6 +11,8 @@ readable versions and the ones the CPU interpreter runs.
 - dK/dV (key-outer): a program holds one 64-key tile and copies the query/dO rows and the LSE/delta rows of the
   next step of tokens while a step runs S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO and dK += dSᵀ·Q. A step's dV/dK MMAs are
   waited for only once the next step's S/dP are issued, as in the selection backward.
+- The window's forward (``FL``) also emits the selection's partial over each row's local blocks, and its dQ and dK/dV
+  add the selection's gradients there from the same scores, so the block-outer selection leaves those blocks out.
 
 Triton 3.6 issues these loads only after the previous step's MMAs, and holds both fp32 dK/dV accumulators of the
 key-outer kernel in 255 registers with spills; here the accumulators are split over two warpgroups. The key mask is
