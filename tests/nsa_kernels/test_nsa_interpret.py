@@ -276,6 +276,26 @@ def test_selection_algorithms_and_work_items(
     _assert_grads_match(o, ref, (q, k, v, g))
 
 
+def _local_selection_case():
+    """The selection case of the local-block tests: 4 selections of 16-token blocks over sequences of 37, 0 and 83
+    tokens (G = 7, D = 32, bf16), with the top-n the kernels compute. Returns ``(config, lens, (q, k, v, gates) packed
+    and detached, the common keyword arguments of selection_fwd / selection_bwd)``."""
+    from nsa_kernels import nsa
+    from nsa_kernels.selection import selection_plan
+
+    config = small_config(num_selected=4, window=40)
+    lens = [37, 0, 83]
+    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
+    inputs = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
+    with torch.no_grad():
+        idx = _run(*inputs, config, cu)[1].block_indices
+    geometry = {name: getattr(config, name) for name in nsa.GEOMETRY_KEYS}
+    plan = nsa._Plans(cu, lens, 14, 2, geometry)(nsa.TUNING["slc_block"]["block_m"])
+    sel = selection_plan(plan, idx[0].to(torch.int32).contiguous(), config.select_block)
+    kw = dict(plan=plan, sel=sel, scale=config.softmax_scale(32), select_block=config.select_block)
+    return config, lens, tuple(x.detach()[0] for x in inputs), kw
+
+
 def _local_partials(q, k, v, lens, config):
     """Each row's attention over its token's ``forced_local`` most recent selection blocks alone (normalised output,
     base-2 LSE), what the Gluon window forward emits (``attention.branch_fwd(local=...)``): the reference's selection
@@ -297,22 +317,10 @@ def test_selection_forward_takes_the_local_blocks_from_their_partial(range_token
     its work items and merge, and starts the merge from their given partial: the output and LSE equal the plain
     selection's to rounding, over varlen with an empty sequence and in token ranges; a partial of zeros with an LSE of
     -inf changes the output, so the local selections come from it alone."""
-    from nsa_kernels import nsa
-    from nsa_kernels.selection import selection_fwd, selection_plan
+    from nsa_kernels.selection import selection_fwd
 
-    config = small_config(num_selected=4, window=40)
-    lens = [37, 0, 83]
-    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
-    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
-    with torch.no_grad():
-        idx = _run(q, k, v, g, config, cu)[1].block_indices
-    q, k, v = (x.detach()[0] for x in (q, k, v))
-    geometry = {name: getattr(config, name) for name in nsa.GEOMETRY_KEYS}
-    plan = nsa._Plans(cu, lens, 14, 2, geometry)(nsa.TUNING["slc_block"]["block_m"])
-    sel = selection_plan(plan, idx[0].to(torch.int32).contiguous(), config.select_block)
-    scale = config.softmax_scale(32)
-    partial_elems = 14 * 4 * 32 * range_tokens if range_tokens else 2**31
-    kw = dict(plan=plan, sel=sel, scale=scale, select_block=config.select_block, partial_elems=partial_elems)
+    config, lens, (q, k, v, _), kw = _local_selection_case()
+    kw["partial_elems"] = 14 * 4 * 32 * range_tokens if range_tokens else 2**31
     o_plain, lse_plain = selection_fwd(q, k, v, **kw)
     o_loc, lse_loc = _local_partials(q, k, v, lens, config)
     o, lse = selection_fwd(q, k, v, local=(o_loc, lse_loc, config.forced_local), **kw)
@@ -348,20 +356,9 @@ def test_selection_backward_leaves_the_local_blocks_to_the_window(poison_empty):
     """``selection_bwd(local=...)`` (the path of ``bwd_local_in_window``) leaves each token's two local blocks out of
     its work items and dQ partials, in token ranges of 20 over varlen with an empty sequence: its dQ/dK/dV plus those
     blocks' gradients (:func:`_local_gradients`) equal the plain selection backward's, and without them they differ."""
-    from nsa_kernels import nsa
-    from nsa_kernels.selection import selection_bwd, selection_fwd, selection_plan
+    from nsa_kernels.selection import selection_bwd, selection_fwd
 
-    config = small_config(num_selected=4, window=40)
-    lens = [37, 0, 83]
-    cu = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
-    q, k, v, g = make_inputs(1, 120, 2, 7, 32, torch.bfloat16)
-    with torch.no_grad():
-        idx = _run(q, k, v, g, config, cu)[1].block_indices
-    q, k, v, g = (x.detach()[0] for x in (q, k, v, g))
-    geometry = {name: getattr(config, name) for name in nsa.GEOMETRY_KEYS}
-    plan = nsa._Plans(cu, lens, 14, 2, geometry)(nsa.TUNING["slc_block"]["block_m"])
-    sel = selection_plan(plan, idx[0].to(torch.int32).contiguous(), config.select_block)
-    kw = dict(plan=plan, sel=sel, scale=config.softmax_scale(32), select_block=config.select_block)
+    config, lens, (q, k, v, g), kw = _local_selection_case()
     o, lse = selection_fwd(q, k, v, **kw)
     do = torch.randn_like(q)
     delta = g[..., 1].float() * (do.float() * o.float()).sum(-1)

@@ -54,6 +54,7 @@ from nsa_kernels.selection_async import (
     _operand_layout,
     _rows_layout,
     _softmax_rows,
+    _stage,
     _stage_p_ds,
 )
 
@@ -567,15 +568,6 @@ def _token_range(k0, bos, eos, split, TT: gl.constexpr, BN: gl.constexpr, MODE: 
 
 
 @gluon.jit
-def _stage(pv, ds, p_smem, ds_smem):
-    # one step's P (times the gates) and dS into shared memory for the dV / dK MMAs
-    p_smem.store(pv.to(p_smem.dtype))
-    ds_smem.store(ds.to(ds_smem.dtype))
-    fence_async_shared()
-    gl.thread_barrier()
-
-
-@gluon.jit
 def branch_bwd_kernel_dkv_async(
     q, k, v, do, gates, lse, delta, dk, dv, cu_seqlens, cu_keys, ktile_seq, ktile_start, nk_total, scale, scale2,
     lse_loc, delta_loc, coef_a, coef_b, exact_flag,
@@ -657,7 +649,7 @@ def branch_bwd_kernel_dkv_async(
                 t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
                 vis_lo, vis_hi = _visible_limits(t_rel, ok_rel, MODE, CL, CS, W)
                 p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
-            _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
+            _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])

@@ -183,16 +183,21 @@ def _softmax_rows(lse_buf, delta_buf, layout: gl.constexpr):
 
 
 @gluon.jit
-def _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype: gl.constexpr):
-    # P and dS = P·(dP - delta) of one step into shared memory for the dV / dK MMAs, rows times gate unless it is None
-    if gate is not None:
-        dp = dp * gate[:, None]
-        p_smem.store((p * gate[:, None]).to(dtype))
-    else:
-        p_smem.store(p.to(dtype))
-    ds_smem.store((p * (dp - delta_row[:, None])).to(dtype))
+def _stage(pv, ds, p_smem, ds_smem):
+    # one step's P (times the gates) and dS into shared memory for the dV / dK MMAs
+    p_smem.store(pv.to(p_smem.dtype))
+    ds_smem.store(ds.to(ds_smem.dtype))
     fence_async_shared()
     gl.thread_barrier()
+
+
+@gluon.jit
+def _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem):
+    # _stage of P and dS = P·(dP - delta) of one step, rows times gate unless it is None
+    if gate is not None:
+        _stage(p * gate[:, None], p * (dp * gate[:, None] - delta_row[:, None]), p_smem, ds_smem)
+    else:
+        _stage(p, p * (dp - delta_row[:, None]), p_smem, ds_smem)
 
 
 @gluon.jit
@@ -335,7 +340,7 @@ def slc_bwd_kernel_block_async(
         if base < masked:
             ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
             p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
-        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem, dtype)
+        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
 
         dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
