@@ -17,6 +17,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from nsa_kernels.csr import csr_entries, csr_keys
+
 Table = TypeVar("Table")
 
 _BIG = 2**30
@@ -168,21 +170,14 @@ def _sorted_selection_rows(
     lens: list[int] | None = None,
     token_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """CSR row ``h·NB + b`` of every selection (``HKV·NB`` for empty slots), stably sorted: ``(row int64, order)``.
-
-    The sort runs on the narrowest integer type that holds the rows: a radix sort's passes follow its width.
+    """CSR row ``h·NB + b`` of every selection (``HKV·NB`` for empty slots), stably sorted: ``(row, order int64)``,
+    the rows in the narrowest integer type that holds them (:func:`~nsa_kernels.csr.csr_keys`).
     ``token_offset``: :func:`token_block_offsets`, if already built.
     """
-    N, HKV, _S = block_indices.shape
+    N = block_indices.shape[0]
     if token_offset is None:
         token_offset = token_block_offsets(cu_seqlens, select_block, N, lens)
-    idx = block_indices.long()
-    rows = HKV * nb
-    key = torch.arange(HKV, device=idx.device).view(1, HKV, 1) * nb + token_offset.view(N, 1, 1) + idx
-    key = torch.where(idx >= 0, key, rows).flatten()
-    narrow = torch.int16 if rows < 2**15 else torch.int32 if rows < 2**31 else torch.int64
-    key, order = torch.sort(key.to(narrow), stable=True)
-    return key.long(), order
+    return torch.sort(csr_keys(block_indices, token_offset, nb), stable=True)
 
 
 def reverse_index(block_indices: Tensor, cu_seqlens: Tensor, select_block: int) -> tuple[Tensor, Tensor]:
@@ -198,7 +193,7 @@ def reverse_index(block_indices: Tensor, cu_seqlens: Tensor, select_block: int) 
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     nb = int(((lens + select_block - 1) // select_block).sum())
     key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, nb)
-    counts = torch.bincount(key, minlength=HKV * nb + 1)[: HKV * nb]
+    counts = torch.bincount(key.long(), minlength=HKV * nb + 1)[: HKV * nb]
     offsets = torch.zeros(HKV * nb + 1, device=key.device, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
     nnz = int(offsets[-1])
@@ -227,38 +222,7 @@ def selection_csr(
     N, HKV, S = block_indices.shape
     big, rows = selection_csr_size(N, HKV, select_block, lens)
     key, order = _sorted_selection_rows(block_indices, cu_seqlens, select_block, rows // HKV, lens, token_offset)
-    return order.to(torch.int32), key * big + order // (HKV * S), big, rows
-
-
-def work_chunks(
-    lo: Tensor, hi: Tensor, chunk: int, max_items: int | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Split the entry ranges ``[lo[r], hi[r])`` of every CSR row into work items of at most ``chunk`` entries.
-
-    With ``max_items`` (an upper bound on the item count) the tables have that length and no device sync
-    is needed; items past the real count are empty (``item_lo == item_hi``).
-
-    Returns:
-        ``(item_row, item_lo, item_hi)`` int32 ``[NW]`` (items of a row consecutive) and ``row_first``
-        int32 ``[rows + 1]``, the first item of each row.
-    """
-    lo, hi = lo.long(), hi.long()
-    n = (hi - lo + chunk - 1) // chunk
-    first = torch.zeros(n.numel() + 1, device=lo.device, dtype=torch.int64)
-    first[1:] = torch.cumsum(n, 0)
-    if max_items is None:
-        total = int(first[-1])
-        row = torch.repeat_interleave(torch.arange(n.numel(), device=lo.device), n, output_size=total)
-    else:
-        total = max_items
-        row = torch.searchsorted(first[1:], torch.arange(total, device=lo.device), right=True)
-        row = row.clamp(max=max(n.numel() - 1, 0))
-    item = torch.arange(total, device=lo.device)
-    start = lo[row] + (item - first[row]) * chunk
-    end = torch.minimum(start + chunk, hi[row])
-    if max_items is not None:
-        start = torch.where(item < first[-1], start, end)
-    return row.to(torch.int32), start.to(torch.int32), end.to(torch.int32), first.to(torch.int32)
+    return *csr_entries(key, order, big, HKV, S), big, rows
 
 
 def compressed_offsets(cu_seqlens: Tensor, compress_block: int, compress_stride: int) -> Tensor:

@@ -38,6 +38,7 @@ from nsa_kernels.attention import (
     _selection_dq_sum,
     launch_options,
 )
+from nsa_kernels.csr import row_starts, work_items
 from nsa_kernels.index import (
     cached,
     positions,
@@ -45,7 +46,6 @@ from nsa_kernels.index import (
     selection_csr_size,
     tile_at,
     token_block_offsets,
-    work_chunks,
 )
 
 
@@ -498,7 +498,10 @@ def selection_plan(
     else:
         (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, lens)
     base = cached(memo, ("csr_row_base", select_block), lambda: torch.arange(rows, device=key.device) * big)
-    return {"entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices}
+    return {
+        "entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "row_start": row_starts(key, big, rows),
+        "block_indices": block_indices,
+    }  # fmt: skip
 
 
 def _token_ranges(
@@ -510,30 +513,27 @@ def _token_ranges(
     cuts: list[int] | None = None,
     heads: int | None = None,
     first_token: torch.Tensor | None = None,
+    tokens_per_step: int = 1,
 ):
     """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``), each as
     ``(t_lo, t_hi, units)``: one unit ``(h0, work items)`` per group of ``heads`` KV heads (all by default), whose
-    items cover the CSR rows of the KV heads ``[h0, h0 + heads)``; ``first_token`` (int64 per CSR row): the entries of
-    tokens before it are left out.
+    items cover the CSR rows of the KV heads ``[h0, h0 + heads)`` (:func:`~nsa_kernels.csr.work_items`, with steps of
+    ``tokens_per_step`` entries); ``first_token`` (int64 per CSR row): the entries of tokens before it are left out.
 
     Work items are sized by an upper bound (no device sync, :func:`_item_bound`).
     """
     _, HKV, S = sel["block_indices"].shape
     heads = heads or HKV
     blocks = sel["rows"] // HKV
-    base = sel["row_base"]
     if cuts is None:
         cuts = [*range(0, N, max(1, partial_elems // per_token_elems)), N]
     for t_lo, t_hi in itertools.pairwise(cuts):
-        hi = torch.searchsorted(sel["key"], base + min(t_hi, sel["big"]))
-        low = min(t_lo, sel["big"]) if first_token is None else first_token.clamp(t_lo, t_hi)
-        lo = torch.minimum(torch.searchsorted(sel["key"], base + low), hi)
-        entries = (t_hi - t_lo) * heads * S
-        units = []
-        for h0 in range(0, HKV, heads):
-            rows = slice(h0 * blocks, (h0 + heads) * blocks)
-            item_row, *rest = work_chunks(lo[rows], hi[rows], item, _item_bound(entries, item, heads * blocks))
-            units.append((h0, (item_row + h0 * blocks, *rest)))
+        bound = _item_bound((t_hi - t_lo) * heads * S, item, heads * blocks)
+        units = [
+            (h0, work_items(sel["key"], sel["row_base"], sel["row_start"], h0 * blocks, heads * blocks,
+                            min(t_lo, sel["big"]), min(t_hi, sel["big"]), item, bound, tokens_per_step, first_token, N))
+            for h0 in range(0, HKV, heads)
+        ]  # fmt: skip
         yield t_lo, t_hi, units
 
 
@@ -550,14 +550,6 @@ def _item_bound(entries: int, item: int, rows: int) -> int:
     """Upper bound on the work items of ``entries`` CSR entries in ``rows`` CSR rows, ``item`` per item: ``entries /
     item`` full items plus one partial item per row."""
     return entries // item + min(rows, entries)
-
-
-def _item_steps(item_lo: torch.Tensor, item_hi: torch.Tensor, tokens_per_step: int) -> torch.Tensor:
-    """First step of each work item among those of its launch, int32 ``[NW]``: the steps of ``tokens_per_step`` CSR
-    entries are numbered item by item (an item's last step may be short), and step ``s`` owns the dQ partial rows
-    ``[s·BM, (s + 1)·BM)``."""
-    steps = (item_hi - item_lo + tokens_per_step - 1) // tokens_per_step
-    return (torch.cumsum(steps, 0) - steps).to(torch.int32)
 
 
 def _range_heads(HKV: int, wanted: int, N: int, head_token_elems: int, partial_elems: int) -> int:
@@ -672,7 +664,7 @@ def selection_fwd(
         first_token = cached(plan.get("memo"), ("local_end", SB, FL), lambda: _local_end(plan, SB, FL, HKV))
         t_rel = cached(plan.get("memo"), ("positions",), lambda: positions(plan["cu_seqlens"], N))[1]
     ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, first_token=first_token)
-    for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _))] in ranges:
+    for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _, _))] in ranges:
         if item_row.numel() and async_kernel:
             async_kernel[(item_row.numel(),)](
                 q, k, v, o_part, lse_part, plan["cu_seqlens"], blk_seq, blk_start, sel["entries"], item_row, item_lo,
@@ -743,8 +735,8 @@ def selection_bwd(
     ``D`` of 64 or 128, 64-key blocks, 16-bit partials), which copies the next step's rows while a step computes.
 
     The dQ partials of a launch lie step by step: each step of ``BM // G`` CSR entries owns ``BM`` rows (token slot ·
-    G + head), its item's first step from :func:`_item_steps`, so a step's tile is one contiguous store; ``part_row``
-    maps each selection of the range to its first row (-1 for an empty slot) for the reduction.
+    G + head), its item's first step from :func:`~nsa_kernels.csr.work_items`, so a step's tile is one contiguous
+    store; ``part_row`` maps each selection of the range to its first row (-1 for an empty slot) for the reduction.
 
     ``range_heads``: the token ranges hold the partials of as few as ``gcd(HKV, range_heads)`` KV heads (0 = all; more
     where that needs no more ranges, :func:`_range_heads`), one launch per head group, so the same ``partial_elems``
@@ -790,17 +782,16 @@ def selection_bwd(
     first_token = None
     if local:
         first_token = cached(plan.get("memo"), ("local_end", SB, local), lambda: _local_end(plan, SB, local, HKV))
-    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR, first_token)
+    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR, first_token, TT)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
     for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         dv_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
         item_base, firsts = 0, []
         for t_lo, t_hi, units in group:
-            for h0, (item_row, item_lo, item_hi, row_first) in units:
+            for h0, (item_row, item_lo, item_hi, item_step, row_first) in units:
                 NW = item_row.numel()
                 part_row.fill_(-1)
-                item_step = _item_steps(item_lo, item_hi, TT)
                 if NW and async_kernel:
                     async_kernel[(NW,)](
                         q, k, v, do, gates, lse, delta, dq_desc, part_row, dk_part, dv_part, plan["cu_seqlens"],
