@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nsa_kernels import csr
-from nsa_kernels.csr import naive_work_items, row_starts, work_items
+from nsa_kernels.csr import naive_work_items, work_items
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -49,10 +49,7 @@ def test_work_items_match_reference(tokens, rows, per_token, row0, count, cut, c
     max_items = (t_hi - t_lo) * per_token // chunk + count + 3
     real_empty = torch.empty
     monkeypatch.setattr(csr.torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(-7))
-    starts = row_starts(key, tokens, rows)
-    got = work_items(
-        key, base, starts, row0, count, t_lo, t_hi, chunk, max_items, step, first_token, tokens, block_rows
-    )
+    got = work_items(key, base, row0, count, t_lo, t_hi, chunk, max_items, step, first_token, block_rows=block_rows)
     want = naive_work_items(key, base, row0, count, t_lo, t_hi, chunk, max_items, step, first_token)
     names = ("item_row", "item_lo", "item_hi", "item_step", "row_first")
     for name, a, b in zip(names, got, want, strict=True):

@@ -65,10 +65,14 @@ def csr_entry_kernel(
 
 
 @triton.jit
-def _lower_bounds(key, lo_target, hi_target, start, end, SEARCH_STEPS: tl.constexpr):
-    # per lane, the first indices i in [start, end] with key[i] >= lo_target and with key[i] >= hi_target: two binary
-    # searches in one loop of SEARCH_STEPS >= log2(end - start + 1) steps
-    a_lo, b_lo, a_hi, b_hi = start, end, start, end
+def _lower_bounds(key, lo_target, hi_target, E, SEARCH_STEPS: tl.constexpr):
+    # per lane, the first indices i in [0, E] with key[i] >= lo_target and with key[i] >= hi_target: two binary
+    # searches in one loop of SEARCH_STEPS > log2(E + 1) steps. All lanes search the whole array, so the first steps
+    # read the same few keys (cached) where row-bounded searches would each miss
+    a_lo = tl.zeros_like(lo_target)
+    a_hi = tl.zeros_like(hi_target)
+    b_lo = a_lo + E
+    b_hi = a_hi + E
     for _ in tl.static_range(SEARCH_STEPS):
         active = a_lo < b_lo
         mid = (a_lo + b_lo) // 2
@@ -87,10 +91,10 @@ def _lower_bounds(key, lo_target, hi_target, start, end, SEARCH_STEPS: tl.conste
 def items_count_kernel(
     key,  # [E] int64 row keys r · big + token, ascending
     row_base,  # [rows] int64 r · big
-    row_start,  # [rows + 1] int64 first entry of each row
     first_token,  # [rows] int64 first token kept per row (HAS_FIRST)
     bounds,  # [3, R] int32 out: entry lo, entry hi, items per row
     block_sums,  # [2, cdiv(R, BR)] int32 out: items and steps per block of rows
+    E,
     R,
     row0,
     t_lo,
@@ -105,12 +109,10 @@ def items_count_kernel(
     r = pid * BR + tl.arange(0, BR)
     ok = r < R
     base = tl.load(row_base + row0 + r, mask=ok, other=0)
-    start = tl.load(row_start + row0 + r, mask=ok, other=0)
-    end = tl.load(row_start + row0 + r + 1, mask=ok, other=0)
     low = tl.zeros_like(base) + t_lo
     if HAS_FIRST:
         low = tl.minimum(tl.maximum(tl.load(first_token + row0 + r, mask=ok, other=0), t_lo), t_hi)
-    lo, hi = _lower_bounds(key, base + low, base + t_hi, start, end, SEARCH_STEPS)
+    lo, hi = _lower_bounds(key, base + low, base + t_hi, E, SEARCH_STEPS)
     lo = tl.minimum(lo, hi)
     length = tl.where(ok, hi - lo, 0)
     n = (length + chunk - 1) // chunk
@@ -220,7 +222,6 @@ def csr_entries(
 def work_items(
     key: Tensor,
     row_base: Tensor,
-    row_start: Tensor,
     row0: int,
     rows: int,
     t_lo: int,
@@ -229,22 +230,18 @@ def work_items(
     max_items: int,
     tokens_per_step: int = 1,
     first_token: Tensor | None = None,
-    row_tokens: int | None = None,
     block_rows: int = 1024,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The work items of CSR rows ``[row0, row0 + rows)`` over the tokens ``[t_lo, t_hi)``.
 
     ``key``: the ascending int64 row keys ``r · big + token`` of every entry; ``row_base``: ``r · big`` per row, with
-    ``t_hi <= big``; ``row_start``: int64, the first entry of every row and past the last (:func:`row_starts`);
-    ``first_token`` (int64 per row): a row's entries of tokens before it are left out. ``row_tokens``: the most entries
-    a row can hold (a token selects a block once: the token count), which bounds the binary searches; all by default.
+    ``t_hi <= big``; ``first_token`` (int64 per row): a row's entries of tokens before it are left out.
 
     Returns:
         ``(item_row, item_lo, item_hi, item_step)`` int32 ``[max_items]`` and ``row_first`` int32 ``[rows + 1]``:
         each item's CSR row, its entries ``[item_lo, item_hi)``, the steps of ``tokens_per_step`` entries of the
         items before it (an item's last step may be short), and each row's first item.
     """
-    row_tokens = key.numel() if row_tokens is None else row_tokens
     nblk = triton.cdiv(rows, block_rows)
     bounds = torch.empty(3, rows, device=key.device, dtype=torch.int32)
     block_sums = torch.empty(2, nblk, device=key.device, dtype=torch.int32)
@@ -256,20 +253,15 @@ def work_items(
         return *tables, row_first
     common = dict(BR=block_rows, num_warps=4)
     items_count_kernel[(nblk,)](
-        key, row_base, row_start, row_base if first_token is None else first_token, bounds, block_sums, rows, row0,
+        key, row_base, row_base if first_token is None else first_token, bounds, block_sums, key.numel(), rows, row0,
         t_lo, t_hi, chunk, tokens_per_step, HAS_FIRST=first_token is not None,
-        SEARCH_STEPS=max(row_tokens, 1).bit_length() + 1, **common,
+        SEARCH_STEPS=max(key.numel(), 1).bit_length() + 1, **common,
     )  # fmt: skip
     fill = nblk + triton.cdiv(max_items, block_rows)
     items_fill_kernel[(fill,)](
         bounds, block_sums, *tables, row_first, rows, max_items, nblk, row0, chunk, tokens_per_step, BB=128, **common
     )
     return *tables, row_first
-
-
-def row_starts(key: Tensor, big: int, rows: int) -> Tensor:
-    """int64 ``[rows + 1]``: the first entry of every CSR row of the row keys ``key`` and the end of the last."""
-    return torch.searchsorted(key, torch.arange(rows + 1, device=key.device) * big)
 
 
 def naive_work_items(

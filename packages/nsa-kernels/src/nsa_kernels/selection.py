@@ -38,7 +38,7 @@ from nsa_kernels.attention import (
     _selection_dq_sum,
     launch_options,
 )
-from nsa_kernels.csr import row_starts, work_items
+from nsa_kernels.csr import work_items
 from nsa_kernels.index import (
     cached,
     positions,
@@ -498,10 +498,7 @@ def selection_plan(
     else:
         (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, lens)
     base = cached(memo, ("csr_row_base", select_block), lambda: torch.arange(rows, device=key.device) * big)
-    return {
-        "entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "row_start": row_starts(key, big, rows),
-        "block_indices": block_indices,
-    }  # fmt: skip
+    return {"entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices}
 
 
 def _token_ranges(
@@ -530,8 +527,8 @@ def _token_ranges(
     for t_lo, t_hi in itertools.pairwise(cuts):
         bound = _item_bound((t_hi - t_lo) * heads * S, item, heads * blocks)
         units = [
-            (h0, work_items(sel["key"], sel["row_base"], sel["row_start"], h0 * blocks, heads * blocks,
-                            min(t_lo, sel["big"]), min(t_hi, sel["big"]), item, bound, tokens_per_step, first_token, N))
+            (h0, work_items(sel["key"], sel["row_base"], h0 * blocks, heads * blocks,
+                            min(t_lo, sel["big"]), min(t_hi, sel["big"]), item, bound, tokens_per_step, first_token))
             for h0 in range(0, HKV, heads)
         ]  # fmt: skip
         yield t_lo, t_hi, units
