@@ -88,6 +88,12 @@ def _lower_bounds(key, lo_target, hi_target, E, SEARCH_STEPS: tl.constexpr):
 
 
 @triton.jit
+def _row_steps(length, chunk, TT):
+    # steps of TT entries over a row's items of chunk entries (each item's last step may be short)
+    return (length // chunk) * ((chunk + TT - 1) // TT) + (length % chunk + TT - 1) // TT
+
+
+@triton.jit
 def items_count_kernel(
     key,  # [E] int64 row keys r · big + token, ascending
     row_base,  # [rows] int64 r · big
@@ -116,7 +122,7 @@ def items_count_kernel(
     lo = tl.minimum(lo, hi)
     length = tl.where(ok, hi - lo, 0)
     n = (length + chunk - 1) // chunk
-    steps = (length // chunk) * ((chunk + TT - 1) // TT) + (length % chunk + TT - 1) // TT
+    steps = _row_steps(length, chunk, TT)
     tl.store(bounds + r, lo.to(tl.int32), mask=ok)
     tl.store(bounds + R + r, hi.to(tl.int32), mask=ok)
     tl.store(bounds + 2 * R + r, n.to(tl.int32), mask=ok)
@@ -164,7 +170,7 @@ def items_fill_kernel(
         hi = tl.load(bounds + R + r, mask=ok, other=0)
         n = tl.load(bounds + 2 * R + r, mask=ok, other=0)
         length = hi - lo
-        steps = (length // chunk) * ((chunk + TT - 1) // TT) + (length % chunk + TT - 1) // TT
+        steps = _row_steps(length, chunk, TT)
         items_before, steps_before = _blocks_before(block_sums, pid, NBLK, BB)
         first = items_before + tl.cumsum(n, 0) - n
         step_first = steps_before + tl.cumsum(steps, 0) - steps

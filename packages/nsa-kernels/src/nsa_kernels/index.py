@@ -1,7 +1,8 @@
 """Host-side index preparation: varlen tile tables, per-tile block unions and the CSR reverse index.
 
-These are small integer tensors built with PyTorch sort/scan primitives (deterministic, stable sorts),
-never a T×T or T×NS mask: every table is O(N·HKV·S) at most.
+These are small integer tensors built with PyTorch sort/scan primitives (deterministic, stable sorts) and, around
+the selection CSR's sort, the kernels of :mod:`nsa_kernels.csr`; never a T×T or T×NS mask: every table is
+O(N·HKV·S) at most.
 
 Shape legend:
     NSEQ packed sequences, N packed tokens, HKV KV heads, S selected blocks per query,
