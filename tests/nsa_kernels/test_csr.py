@@ -29,32 +29,35 @@ def csr_keys(tokens: int, rows: int, per_token: int, seed: int) -> tuple[torch.T
 
 
 @pytest.mark.parametrize(
-    ("tokens", "rows", "per_token", "row0", "count", "cut", "chunk", "step", "first", "block_rows"),
+    ("tokens", "rows", "per_token", "count", "units", "chunk", "step", "first", "block_rows"),
     [
-        (50, 12, 3, 0, 12, (0, 50), 4, 1, False, 1024),
-        (50, 12, 3, 0, 12, (7, 31), 3, 2, False, 4),
-        (90, 20, 5, 5, 10, (10, 77), 5, 7, True, 4),
-        (90, 20, 5, 10, 10, (0, 90), 64, 9, True, 8),
-        (33, 9, 2, 0, 9, (33, 33), 2, 3, False, 2),
+        (50, 12, 3, 12, [(0, 0, 50)], 4, 1, False, 1024),
+        (50, 12, 3, 12, [(0, 7, 31), (0, 31, 50), (0, 0, 7)], 3, 2, False, 4),
+        (90, 20, 5, 10, [(5, 10, 77), (10, 10, 77)], 5, 7, True, 4),
+        (90, 20, 5, 10, [(10, 0, 45), (0, 45, 90)], 64, 9, True, 8),
+        (33, 9, 2, 9, [(0, 33, 33), (0, 0, 33)], 2, 3, False, 2),
     ],
-    ids=["one-range", "cut-small-blocks", "first-token-head1", "first-token-head2-big-chunk", "empty-range"],
+    ids=["one-unit", "three-ranges-small-blocks", "first-token-two-heads", "first-token-big-chunk", "empty-range"],
 )
-def test_work_items_match_reference(tokens, rows, per_token, row0, count, cut, chunk, step, first, block_rows,
+def test_work_items_match_reference(tokens, rows, per_token, count, units, chunk, step, first, block_rows,
                                     monkeypatch):  # fmt: skip
+    """Every unit's tables equal the reference's for that unit alone, whatever the other units of the call."""
     key, base = csr_keys(tokens, rows, per_token, seed=tokens + rows)
-    t_lo, t_hi = cut
     first_token = None
     if first:
         first_token = torch.randint(0, tokens, (rows,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    max_items = (t_hi - t_lo) * per_token // chunk + count + 3
+    max_items = max(t_hi - t_lo for _, t_lo, t_hi in units) * per_token // chunk + count + 3
     real_empty = torch.empty
     monkeypatch.setattr(csr.torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(-7))
-    got = work_items(key, base, row0, count, t_lo, t_hi, chunk, max_items, step, first_token, block_rows=block_rows)
-    want = naive_work_items(key, base, row0, count, t_lo, t_hi, chunk, max_items, step, first_token)
+    unit_table = torch.tensor(units, dtype=torch.int64, device=DEVICE)
+    tables, row_first = work_items(key, base, unit_table, count, chunk, max_items, step, first_token, block_rows)
+    assert tables.shape == (len(units), 4, max_items) and row_first.shape == (len(units), count + 1)
     names = ("item_row", "item_lo", "item_hi", "item_step", "row_first")
-    for name, a, b in zip(names, got, want, strict=True):
-        assert torch.equal(a.cpu(), b.cpu()), f"{name}: {a.tolist()} != {b.tolist()}"
-    lo, hi = got[1].long(), got[2].long()
+    for u, (row0, t_lo, t_hi) in enumerate(units):
+        want = naive_work_items(key, base, row0, count, t_lo, t_hi, chunk, max_items, step, first_token)
+        for name, a, b in zip(names, (*tables[u], row_first[u]), want, strict=True):
+            assert torch.equal(a.cpu(), b.cpu()), f"unit {u} {name}: {a.tolist()} != {b.tolist()}"
+    lo, hi = tables[:, 1].long(), tables[:, 2].long()
     assert bool((hi >= lo).all()) and int((hi - lo).max()) <= chunk
 
 

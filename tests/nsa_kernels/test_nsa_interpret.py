@@ -628,8 +628,9 @@ def test_plans_are_reused_across_calls_of_one_layout(monkeypatch):
 
 
 def test_tables_of_a_layout_are_built_once(monkeypatch):
-    """The tables that depend on the sequence lengths alone (tiles, positions, block offsets, pooled-key positions)
-    are built on the first call of a layout and reused by the next forward and backward, which give the same result.
+    """The tables that depend on the sequence lengths alone (tiles, positions, block offsets, pooled-key positions,
+    the work-item units of the token ranges) are built on the first call of a layout and reused by the next forward
+    and backward, which give the same result.
     """
     from nsa_kernels import index, nsa, pool, selection, topk
 
@@ -641,7 +642,8 @@ def test_tables_of_a_layout_are_built_once(monkeypatch):
         monkeypatch.setattr(module, name, lambda *args, **kw: calls.append(name) or original(*args, **kw))
 
     for module, name in [(index, "positions"), (index, "tile_table"), (pool, "positions"), (pool, "tile_table"),
-                         (topk, "positions"), (topk, "tile_table"), (selection, "token_block_offsets")]:  # fmt: skip
+                         (topk, "positions"), (topk, "tile_table"), (selection, "token_block_offsets"),
+                         (selection, "_unit_table")]:  # fmt: skip
         counting(module, name)
     config = small_config(num_selected=4, window=33)
     cu_seqlens = torch.tensor([0, 37, 37, 120], dtype=torch.int32)
@@ -655,5 +657,5 @@ def test_tables_of_a_layout_are_built_once(monkeypatch):
         for x in (q, k, v, g):
             x.grad = None
         built.append(sorted(set(calls)))
-    assert built[0] == ["positions", "tile_table", "token_block_offsets"] and built[1] == []
+    assert built[0] == ["_unit_table", "positions", "tile_table", "token_block_offsets"] and built[1] == []
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))

@@ -8,13 +8,14 @@ ascending row keys ``row · big + token``.
 A token range ``[t_lo, t_hi)`` owns, in each row, the entries of the tokens in that range: two binary searches on the
 row keys bound them. Each row's entries are cut into work items of at most ``chunk`` entries, the items of a row
 consecutive and the rows in order; the tables have a fixed length ``max_items`` (an upper bound on the count, so no
-device sync) and the items past the real count are empty. :func:`work_items` takes two launches: one program per
-block of rows bounds its rows and counts their items and steps, then each block writes its items after those of the
-blocks before it. :func:`naive_work_items` is the readable PyTorch version of the same tables.
+device sync) and the items past the real count are empty. :func:`work_items` builds the items of several units (a
+token range over a span of rows each) in two launches: one program per block of rows of a unit bounds its rows and
+counts their items and steps, then each block writes its items after those of the unit's blocks before it.
+:func:`naive_work_items` is the readable PyTorch version of one unit's tables.
 
 Shape legend:
-    N tokens, HKV KV heads, S selected blocks per token, NB selection blocks, E = N·HKV·S entries, R rows of a
-    work-item call (from ``row0``), NW = ``max_items`` work items, BR rows per program.
+    N tokens, HKV KV heads, S selected blocks per token, NB selection blocks, E = N·HKV·S entries, U call units, R rows
+    of a unit (from its ``row0``), NW = ``max_items`` work items per unit, BR rows per program.
 """
 
 from __future__ import annotations
@@ -98,13 +99,11 @@ def items_count_kernel(
     key,  # [E] int64 row keys r · big + token, ascending
     row_base,  # [rows] int64 r · big
     first_token,  # [rows] int64 first token kept per row (HAS_FIRST)
-    bounds,  # [3, R] int32 out: entry lo, entry hi, items per row
-    block_sums,  # [2, cdiv(R, BR)] int32 out: items and steps per block of rows
+    units,  # [U, 3] int64: first row, t_lo, t_hi of each call unit
+    bounds,  # [U, 3, R] int32 out: entry lo, entry hi, items per row
+    block_sums,  # [U, 2, cdiv(R, BR)] int32 out: items and steps per block of rows
     E,
     R,
-    row0,
-    t_lo,
-    t_hi,
     chunk,
     TT,
     BR: tl.constexpr,
@@ -112,6 +111,13 @@ def items_count_kernel(
     SEARCH_STEPS: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    u = tl.program_id(1)
+    nblk = tl.num_programs(0)
+    row0 = tl.load(units + u * 3)
+    t_lo = tl.load(units + u * 3 + 1)
+    t_hi = tl.load(units + u * 3 + 2)
+    bounds += u * 3 * R
+    block_sums += u * 2 * nblk
     r = pid * BR + tl.arange(0, BR)
     ok = r < R
     base = tl.load(row_base + row0 + r, mask=ok, other=0)
@@ -127,7 +133,7 @@ def items_count_kernel(
     tl.store(bounds + R + r, hi.to(tl.int32), mask=ok)
     tl.store(bounds + 2 * R + r, n.to(tl.int32), mask=ok)
     tl.store(block_sums + pid, tl.sum(n, 0).to(tl.int32))
-    tl.store(block_sums + tl.num_programs(0) + pid, tl.sum(steps, 0).to(tl.int32))
+    tl.store(block_sums + nblk + pid, tl.sum(steps, 0).to(tl.int32))
 
 
 @triton.jit
@@ -145,17 +151,15 @@ def _blocks_before(block_sums, pid, NBLK, BB: tl.constexpr):
 
 @triton.jit
 def items_fill_kernel(
-    bounds,  # [3, R] int32 from items_count_kernel
-    block_sums,  # [2, NBLK] int32 from items_count_kernel
-    item_row,  # [NW] int32 out: CSR row (row0 + r)
-    item_lo,  # [NW] int32 out: first entry
-    item_hi,  # [NW] int32 out: entry past the last
-    item_step,  # [NW] int32 out: steps of TT entries before the item among this call's items
-    row_first,  # [R + 1] int32 out: first item of each row
+    units,  # [U, 3] int64: first row, t_lo, t_hi of each call unit
+    bounds,  # [U, 3, R] int32 from items_count_kernel
+    block_sums,  # [U, 2, NBLK] int32 from items_count_kernel
+    tables,  # [U, 4, NW] int32 out: per item its CSR row, first entry, entry past the last, and the steps of TT
+    # entries before it among its unit's items
+    row_first,  # [U, R + 1] int32 out: first item of each row
     R,
     NW,
     NBLK,
-    row0,
     chunk,
     TT,
     BR: tl.constexpr,
@@ -163,6 +167,15 @@ def items_fill_kernel(
 ):
     # programs [0, NBLK) write the items of their rows; the rest fill the empty items past the real count
     pid = tl.program_id(0)
+    u = tl.program_id(1)
+    row0 = tl.load(units + u * 3)
+    bounds += u * 3 * R
+    block_sums += u * 2 * NBLK
+    item_row = tables + u * 4 * NW
+    item_lo = item_row + NW
+    item_hi = item_lo + NW
+    item_step = item_hi + NW
+    row_first += u * (R + 1)
     if pid < NBLK:
         r = pid * BR + tl.arange(0, BR)
         ok = r < R
@@ -180,7 +193,7 @@ def items_fill_kernel(
         for j in range(tl.max(n, 0)):
             mine = ok & (j < n)
             start = lo + j * chunk
-            tl.store(item_row + first + j, row0 + r, mask=mine)
+            tl.store(item_row + first + j, (row0 + r).to(tl.int32), mask=mine)
             tl.store(item_lo + first + j, start, mask=mine)
             tl.store(item_hi + first + j, tl.minimum(start + chunk, hi), mask=mine)
             tl.store(item_step + first + j, step_first + j * ((chunk + TT - 1) // TT), mask=mine)
@@ -190,7 +203,7 @@ def items_fill_kernel(
         end = tl.load(bounds + R + last, mask=R > 0, other=0)
         i = total + (pid - NBLK) * BR + tl.arange(0, BR)
         rest = i < NW
-        tl.store(item_row + i, tl.zeros_like(i) + row0 + last, mask=rest)
+        tl.store(item_row + i, (tl.zeros_like(i) + row0 + last).to(tl.int32), mask=rest)
         tl.store(item_lo + i, tl.zeros_like(i) + end, mask=rest)
         tl.store(item_hi + i, tl.zeros_like(i) + end, mask=rest)
         tl.store(item_step + i, tl.zeros_like(i) + total_steps, mask=rest)
@@ -228,46 +241,46 @@ def csr_entries(
 def work_items(
     key: Tensor,
     row_base: Tensor,
-    row0: int,
+    units: Tensor,
     rows: int,
-    t_lo: int,
-    t_hi: int,
     chunk: int,
     max_items: int,
     tokens_per_step: int = 1,
     first_token: Tensor | None = None,
-    block_rows: int = 1024,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The work items of CSR rows ``[row0, row0 + rows)`` over the tokens ``[t_lo, t_hi)``.
+    block_rows: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """The work items of every call unit: CSR rows ``[row0, row0 + rows)`` over the tokens ``[t_lo, t_hi)``.
 
+    ``units``: int64 ``[U, 3]`` rows ``(row0, t_lo, t_hi)`` on the keys' device (all units in the same two launches);
     ``key``: the ascending int64 row keys ``r · big + token`` of every entry; ``row_base``: ``r · big`` per row, with
     ``t_hi <= big``; ``first_token`` (int64 per row): a row's entries of tokens before it are left out.
 
     Returns:
-        ``(item_row, item_lo, item_hi, item_step)`` int32 ``[max_items]`` and ``row_first`` int32 ``[rows + 1]``:
-        each item's CSR row, its entries ``[item_lo, item_hi)``, the steps of ``tokens_per_step`` entries of the
-        items before it (an item's last step may be short), and each row's first item.
+        ``tables`` int32 ``[U, 4, max_items]``: per unit ``(item_row, item_lo, item_hi, item_step)``, each item's CSR
+        row, its entries ``[item_lo, item_hi)`` and the steps of ``tokens_per_step`` entries of the unit's items
+        before it (an item's last step may be short); and ``row_first`` int32 ``[U, rows + 1]``, each row's first item.
     """
+    U = units.shape[0]
     nblk = triton.cdiv(rows, block_rows)
-    bounds = torch.empty(3, rows, device=key.device, dtype=torch.int32)
-    block_sums = torch.empty(2, nblk, device=key.device, dtype=torch.int32)
-    tables = torch.empty(4, max_items, device=key.device, dtype=torch.int32)
-    row_first = torch.empty(rows + 1, device=key.device, dtype=torch.int32)
-    if rows == 0:
+    bounds = torch.empty(U, 3, rows, device=key.device, dtype=torch.int32)
+    block_sums = torch.empty(U, 2, nblk, device=key.device, dtype=torch.int32)
+    tables = torch.empty(U, 4, max_items, device=key.device, dtype=torch.int32)
+    row_first = torch.empty(U, rows + 1, device=key.device, dtype=torch.int32)
+    if rows == 0 or U == 0:
         tables[:] = 0
         row_first[:] = 0
-        return *tables, row_first
+        return tables, row_first
     common = dict(BR=block_rows, num_warps=4)
-    items_count_kernel[(nblk,)](
-        key, row_base, row_base if first_token is None else first_token, bounds, block_sums, key.numel(), rows, row0,
-        t_lo, t_hi, chunk, tokens_per_step, HAS_FIRST=first_token is not None,
-        SEARCH_STEPS=max(key.numel(), 1).bit_length() + 1, **common,
+    items_count_kernel[(nblk, U)](
+        key, row_base, row_base if first_token is None else first_token, units, bounds, block_sums, key.numel(), rows,
+        chunk, tokens_per_step, HAS_FIRST=first_token is not None, SEARCH_STEPS=max(key.numel(), 1).bit_length() + 1,
+        **common,
     )  # fmt: skip
     fill = nblk + triton.cdiv(max_items, block_rows)
-    items_fill_kernel[(fill,)](
-        bounds, block_sums, *tables, row_first, rows, max_items, nblk, row0, chunk, tokens_per_step, BB=128, **common
+    items_fill_kernel[(fill, U)](
+        units, bounds, block_sums, tables, row_first, rows, max_items, nblk, chunk, tokens_per_step, BB=128, **common
     )
-    return *tables, row_first
+    return tables, row_first
 
 
 def naive_work_items(
@@ -282,7 +295,8 @@ def naive_work_items(
     tokens_per_step: int = 1,
     first_token: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`work_items` in PyTorch, row by row on the host: the reference of the tables."""
+    """One unit ``(row0, t_lo, t_hi)`` of :func:`work_items` in PyTorch, row by row on the host: the reference of its
+    tables, as ``(item_row, item_lo, item_hi, item_step, row_first)``."""
     items, first, end = [], [0], 0
     for r in range(row0, row0 + rows):
         low = t_lo if first_token is None else min(max(int(first_token[r]), t_lo), t_hi)

@@ -106,6 +106,7 @@ TUNING = {
         "fwd_async_buffers": 2,
         "fwd_local_in_window": True,
         "bwd_local_in_window": True,
+        "item_rows": 128,
     },
     "swd": {
         "block_m": 64,
@@ -159,7 +160,8 @@ partial over those blocks, which lie inside its window; the block-outer selectio
 ``bwd_local_in_window``: the same in the backward, where the window's dQ runs in the compression dQ
 (``swd``'s ``async_dq_in_cmp``) and its Gluon dK/dV can (:func:`~nsa_kernels.attention.window_takes_local`): the
 window's dQ and dK/dV kernels, given the ungated dO, add the selection's gradients over those blocks (same scores,
-no extra MMA) and the block-outer selection leaves them out. ``topk`` launches
+no extra MMA) and the block-outer selection leaves them out. ``item_rows``: CSR rows per program of the work-item
+kernels (:func:`~nsa_kernels.csr.work_items`). ``topk`` launches
 the importance and top-n kernels (:func:`nsa_kernels.topk.select_fwd`); its ``asynchronous`` runs the Gluon importance
 kernel of :mod:`nsa_kernels.topk_async` where it applies, with the ``async_*`` launch. ``pregate``: the combine
 backward writes the gated dO of a branch once (not per row).
@@ -498,7 +500,10 @@ def nsa_bwd(
 
     def cmp_dkv(plan: dict, k_cmp: Tensor, v_cmp: Tensor, dkv):
         dk_cmp, dv_cmp = dkv_pass("cmp", CMP, k_cmp, v_cmp, plan, cmp_dkv=TUNING["cmp_dkv"])
-        return pool_bwd(dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], **pool)
+        return pool_bwd(
+            dk_cmp, dv_cmp, dkv, q.shape[0], cu, plan["cu_keys_cmp"], lens=lens, memo=plan["memo"], out_dtype=q.dtype,
+            **pool,
+        )  # fmt: skip
 
     if dq_in_cmp:
         # the compression dQ adds the selection's dQ partials of its tiles, token range by token range, and with

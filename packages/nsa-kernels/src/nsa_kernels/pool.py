@@ -49,8 +49,10 @@ def pool_fwd_kernel_mean(
 def pool_bwd_kernel_mean(
     dk_cmp,  # [NC, HKV, D] fp32
     dv_cmp,  # [NC, HKV, D] fp32
-    dk,  # [N, HKV, D] fp32, stored or accumulated
+    dk,  # [N, HKV, D] fp32, accumulated (ACCUMULATE)
     dv,  # [N, HKV, D] fp32
+    dk_out,  # [N, HKV, D] the sum, in its own dtype (may be dk)
+    dv_out,  # [N, HKV, D]
     cu_seqlens,
     cu_keys,  # [NSEQ + 1] compressed offsets
     tile_seq,
@@ -90,8 +92,8 @@ def pool_bwd_kernel_mean(
     if ACCUMULATE:
         gk += tl.load(dk + offs, mask=m, other=0.0)
         gv += tl.load(dv + offs, mask=m, other=0.0)
-    tl.store(dk + offs, gk, mask=m)
-    tl.store(dv + offs, gv, mask=m)
+    tl.store(dk_out + offs, gk.to(dk_out.dtype.element_ty), mask=m)
+    tl.store(dv_out + offs, gv.to(dv_out.dtype.element_ty), mask=m)
 
 
 def pool_fwd(
@@ -141,21 +143,25 @@ def pool_bwd(
     compress_stride: int,
     lens: list[int] | None = None,
     memo: dict | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spread ``dk_cmp``/``dv_cmp`` back onto the tokens; adds into ``dkv`` (fp32 ``[N, HKV, D]``) if given.
+    """Spread ``dk_cmp``/``dv_cmp`` back onto the tokens, plus ``dkv`` (fp32 ``[N, HKV, D]``) if given.
 
-    ``lens``: host sequence lengths (no device sync); ``memo`` as in :func:`pool_fwd`.
+    The sums are ``out_dtype``: fp32 into ``dkv`` (or new tensors), another dtype into new tensors (the last writer
+    of the key gradients converts on its way out). ``lens``: host sequence lengths (no device sync); ``memo`` as in
+    :func:`pool_fwd`.
     """
     _NC, HKV, D = dk_cmp.shape
     BT = 64
     accumulate = dkv is not None
-    if dkv is None:
-        dkv = tuple(torch.empty(n_tokens, HKV, D, device=dk_cmp.device, dtype=torch.float32) for _ in range(2))
+    out = dkv
+    if out is None or out_dtype != torch.float32:
+        out = tuple(torch.empty(n_tokens, HKV, D, device=dk_cmp.device, dtype=out_dtype) for _ in range(2))
     tile_seq, tile_start = cached(memo, ("tiles", BT), lambda: tile_table(cu_seqlens, BT, lens))
     if tile_seq.numel():
         pool_bwd_kernel_mean[(tile_seq.numel(), HKV)](
-            dk_cmp, dv_cmp, dkv[0], dkv[1], cu_seqlens, cu_keys, tile_seq, tile_start,
+            dk_cmp, dv_cmp, *(out if dkv is None else dkv), *out, cu_seqlens, cu_keys, tile_seq, tile_start,
             HKV=HKV, D=D, BD=max(triton.next_power_of_2(D), 16), BT=BT, CL=compress_block, CS=compress_stride,
             ACCUMULATE=accumulate,
         )  # fmt: skip
-    return dkv
+    return out

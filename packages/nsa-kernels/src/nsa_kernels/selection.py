@@ -498,7 +498,10 @@ def selection_plan(
     else:
         (ent, key), (big, rows) = csr, selection_csr_size(*block_indices.shape[:2], select_block, lens)
     base = cached(memo, ("csr_row_base", select_block), lambda: torch.arange(rows, device=key.device) * big)
-    return {"entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices}
+    return {
+        "entries": ent, "key": key, "big": big, "rows": rows, "row_base": base, "block_indices": block_indices,
+        "memo": memo,
+    }  # fmt: skip
 
 
 def _token_ranges(
@@ -511,27 +514,39 @@ def _token_ranges(
     heads: int | None = None,
     first_token: torch.Tensor | None = None,
     tokens_per_step: int = 1,
-):
+    item_rows: int = 128,
+) -> list[tuple[int, int, list[tuple[int, tuple[torch.Tensor, ...]]]]]:
     """Token ranges of at most ``partial_elems / per_token_elems`` tokens (or between the given ``cuts``), each as
-    ``(t_lo, t_hi, units)``: one unit ``(h0, work items)`` per group of ``heads`` KV heads (all by default), whose
-    items cover the CSR rows of the KV heads ``[h0, h0 + heads)`` (:func:`~nsa_kernels.csr.work_items`, with steps of
-    ``tokens_per_step`` entries); ``first_token`` (int64 per CSR row): the entries of tokens before it are left out.
-
-    Work items are sized by an upper bound (no device sync, :func:`_item_bound`).
+    ``(t_lo, t_hi, units)``: one unit ``(h0, (item_row, item_lo, item_hi, item_step, row_first))`` per group of
+    ``heads`` KV heads (all by default), whose work items cover the CSR rows of the KV heads ``[h0, h0 + heads)`` with
+    steps of ``tokens_per_step`` entries; ``first_token`` (int64 per CSR row): the entries of tokens before it are left
+    out. The items of all units come from one :func:`~nsa_kernels.csr.work_items` call (``item_rows`` CSR rows per
+    program), sized by an upper bound (no device sync, :func:`_item_bound`); the table of units is kept in the plan's
+    memo.
     """
     _, HKV, S = sel["block_indices"].shape
     heads = heads or HKV
     blocks = sel["rows"] // HKV
     if cuts is None:
         cuts = [*range(0, N, max(1, partial_elems // per_token_elems)), N]
-    for t_lo, t_hi in itertools.pairwise(cuts):
-        bound = _item_bound((t_hi - t_lo) * heads * S, item, heads * blocks)
-        units = [
-            (h0, work_items(sel["key"], sel["row_base"], h0 * blocks, heads * blocks,
-                            min(t_lo, sel["big"]), min(t_hi, sel["big"]), item, bound, tokens_per_step, first_token))
-            for h0 in range(0, HKV, heads)
-        ]  # fmt: skip
-        yield t_lo, t_hi, units
+    spans = list(itertools.pairwise(cuts))
+    bound = max((_item_bound((t_hi - t_lo) * heads * S, item, heads * blocks) for t_lo, t_hi in spans), default=0)
+    big = sel["big"]
+    units = [(h0 * blocks, min(t_lo, big), min(t_hi, big)) for t_lo, t_hi in spans for h0 in range(0, HKV, heads)]
+    table = cached(sel.get("memo"), ("work_units", tuple(units)), lambda: _unit_table(units, sel["key"].device))
+    tables, row_first = work_items(
+        sel["key"], sel["row_base"], table, heads * blocks, item, bound, tokens_per_step, first_token, item_rows
+    )
+    per_unit = iter(zip(tables, row_first, strict=True))
+    return [
+        (t_lo, t_hi, [(h0, (*unit, first)) for h0, (unit, first) in zip(range(0, HKV, heads), per_unit, strict=False)])
+        for t_lo, t_hi in spans
+    ]
+
+
+def _unit_table(units: list[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
+    """The work-item units ``(row0, t_lo, t_hi)`` as an int64 ``[U, 3]`` table on ``device``."""
+    return torch.tensor(units, dtype=torch.int64, device=device).reshape(-1, 3)
 
 
 def _local_end(plan: dict, select_block: int, forced_local: int, HKV: int) -> torch.Tensor:
@@ -620,6 +635,7 @@ def selection_fwd(
     async_gathers: bool = False,
     async_buffers: int = 2,
     local: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    item_rows: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch forward, block-outer: ``(o [N, HQ, D], lse [N, HQ] fp32)``.
 
@@ -634,7 +650,8 @@ def selection_fwd(
     128, 64-key blocks, ``block_m`` a multiple of 64), which copies the rows of step i + ``async_buffers`` - 1 while
     step i computes. ``local = (o_loc, lse_loc, FL)``: the partial of every row over its FL most recent blocks,
     computed elsewhere (:func:`~nsa_kernels.attention.branch_fwd` ``local=``), which every row must have selected (as
-    the computed top-n with ``forced_local`` FL does); those selections are skipped here.
+    the computed top-n with ``forced_local`` FL does); those selections are skipped here. ``item_rows``: CSR rows per
+    program of the work-item kernels (:func:`~nsa_kernels.csr.work_items` ``block_rows``).
     """
     if async_buffers < 1:
         raise ValueError(f"async_buffers must be at least 1 (Gluon query-row buffers), got {async_buffers}")
@@ -660,7 +677,7 @@ def selection_fwd(
     if FL:
         first_token = cached(plan.get("memo"), ("local_end", SB, FL), lambda: _local_end(plan, SB, FL, HKV))
         t_rel = cached(plan.get("memo"), ("positions",), lambda: positions(plan["cu_seqlens"], N))[1]
-    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, first_token=first_token)
+    ranges = _token_ranges(sel, N, HQ * S * D, partial_elems, item, first_token=first_token, item_rows=item_rows)
     for t_lo, t_hi, [(_, (item_row, item_lo, item_hi, _, _))] in ranges:
         if item_row.numel() and async_kernel:
             async_kernel[(item_row.numel(),)](
@@ -716,6 +733,7 @@ def selection_bwd(
     reduce_tiles: int = 1,
     range_heads: int = 0,
     local: int = 0,
+    item_rows: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection branch backward, block-outer: adds dQ into ``dq``; returns fp32 ``[1, N, HKV, D]`` dK/dV.
 
@@ -744,7 +762,8 @@ def selection_bwd(
 
     ``local``: the selections of each token's ``local`` most recent blocks, which every token must have selected, are
     left out (their partials stay empty): the window backward adds their gradients
-    (:func:`~nsa_kernels.attention.branch_dkv` / :func:`~nsa_kernels.attention.branch_dq` ``local=``).
+    (:func:`~nsa_kernels.attention.branch_dkv` / :func:`~nsa_kernels.attention.branch_dq` ``local=``). ``item_rows`` as
+    in :func:`selection_fwd`.
     """
     N, HQ, D = q.shape
     HKV = k.shape[1]
@@ -779,7 +798,7 @@ def selection_bwd(
     first_token = None
     if local:
         first_token = cached(plan.get("memo"), ("local_end", SB, local), lambda: _local_end(plan, SB, local, HKV))
-    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR, first_token, TT)
+    ranges = _token_ranges(sel, N, HR * G * S * D, partial_elems, item, cuts, HR, first_token, TT, item_rows)
     merge_bm = _sizes(G, D, select_block, merge_block_m)[0]
     for group, items in _dkv_groups(ranges, BN * D * 2, dkv_partial_elems):
         dk_part = torch.empty(items, BN, D, device=q.device, dtype=torch.float32)
