@@ -537,10 +537,11 @@ def _token_ranges(
     tables, row_first = work_items(
         sel["key"], sel["row_base"], table, heads * blocks, item, bound, tokens_per_step, first_token, item_rows
     )
-    per_unit = iter(zip(tables, row_first, strict=True))
+    groups = range(0, HKV, heads)
+    per_unit = [(*unit, first) for unit, first in zip(tables, row_first, strict=True)]
     return [
-        (t_lo, t_hi, [(h0, (*unit, first)) for h0, (unit, first) in zip(range(0, HKV, heads), per_unit, strict=False)])
-        for t_lo, t_hi in spans
+        (t_lo, t_hi, list(zip(groups, per_unit[i * len(groups) : (i + 1) * len(groups)], strict=True)))
+        for i, (t_lo, t_hi) in enumerate(spans)
     ]
 
 
