@@ -17,7 +17,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 pytestmark = [pytest.mark.gpu] if CUDA else []
 
 
-def csr_keys(tokens: int, rows: int, per_token: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_row_keys(tokens: int, rows: int, per_token: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row keys ``row · big + token`` of ``per_token`` distinct random rows per token, ascending (as the CSR sort
     gives them), with some rows left empty; and ``row_base``."""
     gen = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def csr_keys(tokens: int, rows: int, per_token: int, seed: int) -> tuple[torch.T
 def test_work_items_match_reference(tokens, rows, per_token, count, units, chunk, step, first, block_rows,
                                     monkeypatch):  # fmt: skip
     """Every unit's tables equal the reference's for that unit alone, whatever the other units of the call."""
-    key, base = csr_keys(tokens, rows, per_token, seed=tokens + rows)
+    key, base = sorted_row_keys(tokens, rows, per_token, seed=tokens + rows)
     first_token = None
     if first:
         first_token = torch.randint(0, tokens, (rows,), generator=torch.Generator().manual_seed(1)).to(DEVICE)

@@ -160,7 +160,7 @@ def pool_bwd(
     tile_seq, tile_start = cached(memo, ("tiles", BT), lambda: tile_table(cu_seqlens, BT, lens))
     if tile_seq.numel():
         pool_bwd_kernel_mean[(tile_seq.numel(), HKV)](
-            dk_cmp, dv_cmp, *(out if dkv is None else dkv), *out, cu_seqlens, cu_keys, tile_seq, tile_start,
+            dk_cmp, dv_cmp, *(dkv or out), *out, cu_seqlens, cu_keys, tile_seq, tile_start,
             HKV=HKV, D=D, BD=max(triton.next_power_of_2(D), 16), BT=BT, CL=compress_block, CS=compress_stride,
             ACCUMULATE=accumulate,
         )  # fmt: skip
