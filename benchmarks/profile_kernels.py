@@ -14,8 +14,10 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
+import tempfile
 import time
 from collections import defaultdict
 
@@ -44,6 +46,28 @@ def kernel_times(fn, iters: int) -> dict:
             count[event.name] += 1
     rows = sorted(((name, ms / iters, count[name] / iters) for name, ms in total.items()), key=lambda r: -r[1])
     return {"kernels": rows, "kernel_ms": sum(r[1] for r in rows), "wall_ms": wall}
+
+
+def launch_list(fn) -> list[dict]:
+    """Every kernel launch of one call in issue order: name, start and duration (µs), grid, threads per block, and
+    the profiler's estimate of achieved occupancy. Shows underfilled grids and idle gaps at short T."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    first = kernels[0]["ts"] if kernels else 0
+    return [
+        {"name": e["name"], "start_us": round(e["ts"] - first, 1), "us": e["dur"], "grid": e["args"].get("grid"),
+         "block": e["args"].get("block"), "occupancy": e["args"].get("est. achieved occupancy %")}
+        for e in kernels
+    ]  # fmt: skip
 
 
 def host_time(fn, iters: int, top: int, sort: str = "tottime") -> tuple[float, str]:
@@ -143,6 +167,8 @@ def main() -> None:
     parser.add_argument("--tuning", nargs="+", default=["{}"],
                         help="TUNING overrides (JSON, as NSA_KERNELS_TUNING) profiled in turn at each T; repeat one "
                         "to alternate settings in one process")  # fmt: skip
+    parser.add_argument("--launches", action="store_true",
+                        help="also record every launch of one call (grid, duration, gaps) into the JSON")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "runs": []}
@@ -152,6 +178,8 @@ def main() -> None:
                 for phase, fn in calls(T).items():
                     res = kernel_times(fn, args.iters)
                     res["host_ms"], listing = host_time(fn, 3, args.host_top, args.host_sort)
+                    if args.launches:
+                        res["launches"] = launch_list(fn)
                     results["runs"].append({"T": T, "tuning": text, "phase": phase, **res})
                     print(f"\nT={T} {phase} {text}: kernels {res['kernel_ms']:.3f} ms, wall {res['wall_ms']:.3f} ms, "
                           f"host {res['host_ms']:.3f} ms per call")  # fmt: skip
