@@ -2,7 +2,9 @@
 
 On a GPU, captures every ``select_topk`` launch of one forward at each T (the random input of ``attention.py``) and
 replays each with every ``--widths`` entry: it prints whether the block indices equal those of width 0 (no
-compaction) and the launch's time without the clone of its scratch scores. ``--simulate`` instead counts, on the CPU,
+compaction) and the launch's time without the clone of its scratch scores; ``--against`` another tree's ``topk.py`` adds
+that file's ``select_topk`` at each width (equal indices and time), for an A/B of the kernel in one process.
+``--simulate`` instead counts, on the CPU,
 the bitwise search's passes over full rows and over compacted rows for sampled rows of that input at T = 128K. Run:
 ``python benchmarks/select_compaction.py --seqlens 32768 131072`` or ``python benchmarks/select_compaction.py
 --simulate``.
@@ -11,19 +13,30 @@ the bitwise search's passes over full rows and over compacted rows for sampled r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 import torch
 
 WIDTHS = (0, 64, 128, 256, 512)
 
 
-def replay(seqlens: list[int], widths: list[int]) -> None:
+def other_select(path: str):
+    """``select_topk`` of another tree's ``topk.py``, loaded as a module of its own (its imports resolve to this
+    tree's ``nsa_kernels``)."""
+    spec = importlib.util.spec_from_file_location("other_topk", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.select_topk
+
+
+def replay(seqlens: list[int], widths: list[int], against: str | None = None) -> None:
     import triton
     from attention import NSA, inputs
 
     from nsa_kernels import nsa_func, topk
 
     original = topk.select_topk
+    versions = {"": original} if against is None else {"": original, " (against)": other_select(against)}
     for T in seqlens:
         launches = []
 
@@ -38,18 +51,19 @@ def replay(seqlens: list[int], widths: list[int]) -> None:
                 nsa_func(q, k, v, g, **NSA)
         finally:
             topk.select_topk = original
-        totals = dict.fromkeys(widths, 0.0)
+        totals = {(width, name): 0.0 for width in widths for name in versions}
         for i, (scores, t_rel, kw) in enumerate(launches):
             want = original(scores.clone(), t_rel, **{**kw, "compact": 0})
             clone_ms = triton.testing.do_bench(lambda scores=scores: scores.clone(), rep=200)
-            for width in widths:
+            for (width, name), select in ((key, versions[key[1]]) for key in totals):
                 args = {**kw, "compact": width}
-                same = torch.equal(original(scores.clone(), t_rel, **args), want)
-                ms = triton.testing.do_bench(lambda s=scores, a=args, t=t_rel: original(s.clone(), t, **a), rep=200)
-                totals[width] += ms - clone_ms
-                print(f"T={T} launch {i} {tuple(scores.shape)} width {width}: equal {same}, {ms - clone_ms:.3f} ms")
+                same = torch.equal(select(scores.clone(), t_rel, **args), want)
+                ms = triton.testing.do_bench(lambda s=scores, a=args, t=t_rel, f=select: f(s.clone(), t, **a), rep=200)
+                totals[width, name] += ms - clone_ms
+                print(f"T={T} launch {i} {tuple(scores.shape)} width {width}{name}: equal {same}, "
+                      f"{ms - clone_ms:.3f} ms")  # fmt: skip
         print(f"T={T} select ms summed over {len(launches)} launches:",
-              ", ".join(f"width {w}: {ms:.3f}" for w, ms in totals.items()))  # fmt: skip
+              ", ".join(f"width {w}{name}: {ms:.3f}" for (w, name), ms in totals.items()))  # fmt: skip
 
 
 def search_passes(bits: torch.Tensor, n: int, width: int) -> tuple[int, int]:
@@ -102,12 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
+    parser.add_argument("--against", default=None, help="another tree's topk.py, replayed beside this tree's")
     parser.add_argument("--simulate", action="store_true", help="count search passes on the CPU instead")
     args = parser.parse_args()
     if args.simulate:
         simulate(args.widths)
     else:
-        replay(args.seqlens, args.widths)
+        replay(args.seqlens, args.widths, args.against)
 
 
 if __name__ == "__main__":
