@@ -2,10 +2,10 @@
 
 On a GPU, captures every ``select_topk`` launch of one forward at each T (the random input of ``attention.py``) and
 replays each with every ``--widths`` entry: it prints whether the block indices equal those of width 0 (no
-compaction) and the launch's time without the clone of its scratch scores; ``--against`` another tree's ``topk.py`` adds
-that file's ``select_topk`` at each width (equal indices and time), for an A/B of the kernel in one process.
-``--simulate`` instead counts, on the CPU,
-the bitwise search's passes over full rows and over compacted rows for sampled rows of that input at T = 128K. Run:
+compaction) and the launch's time without the clone of its scratch scores. ``--against`` another tree's ``topk.py``
+adds that file's ``select_topk`` at each width (equal indices and time), an A/B of the kernel in one process.
+``--simulate`` instead counts, on the CPU, the bitwise search's passes over full rows and over compacted rows for
+sampled rows of that input at T = 128K. Run:
 ``python benchmarks/select_compaction.py --seqlens 32768 131072`` or ``python benchmarks/select_compaction.py
 --simulate``.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 
 import torch
 
@@ -55,13 +56,15 @@ def replay(seqlens: list[int], widths: list[int], against: str | None = None) ->
         for i, (scores, t_rel, kw) in enumerate(launches):
             want = original(scores.clone(), t_rel, **{**kw, "compact": 0})
             clone_ms = triton.testing.do_bench(lambda scores=scores: scores.clone(), rep=200)
-            for (width, name), select in ((key, versions[key[1]]) for key in totals):
+            for width in widths:
                 args = {**kw, "compact": width}
-                same = torch.equal(select(scores.clone(), t_rel, **args), want)
-                ms = triton.testing.do_bench(lambda s=scores, a=args, t=t_rel, f=select: f(s.clone(), t, **a), rep=200)
-                totals[width, name] += ms - clone_ms
-                print(f"T={T} launch {i} {tuple(scores.shape)} width {width}{name}: equal {same}, "
-                      f"{ms - clone_ms:.3f} ms")  # fmt: skip
+                for name, select in versions.items():
+                    same = torch.equal(select(scores.clone(), t_rel, **args), want)
+                    call = lambda s=scores, a=args, t=t_rel, f=select: f(s.clone(), t, **a)  # noqa: E731
+                    ms = triton.testing.do_bench(call, rep=200)
+                    totals[width, name] += ms - clone_ms
+                    print(f"T={T} launch {i} {tuple(scores.shape)} width {width}{name}: equal {same}, "
+                          f"{ms - clone_ms:.3f} ms")  # fmt: skip
         print(f"T={T} select ms summed over {len(launches)} launches:",
               ", ".join(f"width {w}{name}: {ms:.3f}" for (w, name), ms in totals.items()))  # fmt: skip
 
@@ -119,6 +122,8 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="another tree's topk.py, replayed beside this tree's")
     parser.add_argument("--simulate", action="store_true", help="count search passes on the CPU instead")
     args = parser.parse_args()
+    if args.against is not None and not os.path.isfile(args.against):
+        parser.error(f"--against {args.against}: no such file (give the path of another tree's nsa_kernels/topk.py)")
     if args.simulate:
         simulate(args.widths)
     else:
