@@ -44,10 +44,10 @@ def main() -> None:
         scaled = 0.0
         print(f"\nT={key[0]} {key[1]}: kernels {a['kernel_ms']:.3f} ms fast, {b['kernel_ms']:.3f} ms slow")
         print("| kernel | fast ms | slow ms | slow / fast | bandwidth share |\n|---|---|---|---|---|")
-        for name, ms, _ in a["kernels"]:
+        for rank, (name, ms, _) in enumerate(a["kernels"]):
             share = bandwidth_share(ms, slow_ms.get(name, ms), args.bandwidth_ratio)
             scaled += ms * share
-            if args.top > 0 and ms >= a["kernels"][min(args.top, len(a["kernels"])) - 1][1]:
+            if rank < args.top:
                 print(f"| {name[:48]} | {ms:.3f} | {slow_ms.get(name, float('nan')):.3f} | "
                       f"{slow_ms.get(name, ms) / ms:.2f} | {share:.2f} |")  # fmt: skip
         print(f"time that scales with bandwidth: {scaled:.2f} of {a['kernel_ms']:.2f} ms "

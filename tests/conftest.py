@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +28,20 @@ if not torch.cuda.is_available():
 
 CUDA_REASON = "needs a CUDA GPU (run on the device machine; see benchmarks/results for recorded runs)"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Loader of a script in ``benchmarks/`` as a module (the folder is not a package): ``benchmark_script("name")``."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_profiles", REPO / "benchmarks" / "compare_profiles.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(benchmark_script):
+    return benchmark_script("compare_profiles")
 
 
 @pytest.mark.parametrize(("compute", "memory"), [(0.0, 2.0), (3.0, 1.0), (1.5, 1.5), (2.0, 0.0)])

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_train_step_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_step", REPO / "benchmarks" / "train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_train_step_benchmark_smoke(tmp_path, benchmark_script):
+    module = benchmark_script("train_step")
     out = tmp_path / "train_step.md"
     assert module.main(["--smoke", "--out", str(out)]) == 0
     rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 128 |")]
