@@ -127,7 +127,17 @@ def compiled_kernels() -> list[dict]:
     import triton
 
     rows = []
-    modules = ("attention", "attention_async", "selection", "selection_async", "topk", "topk_async", "combine", "pool")
+    modules = (
+        "attention",
+        "attention_async",
+        "dkv_async",
+        "selection",
+        "selection_async",
+        "topk",
+        "topk_async",
+        "combine",
+        "pool",
+    )
     for module_name in modules:
         module = importlib.import_module(f"nsa_kernels.{module_name}")
         for name, fn in vars(module).items():

@@ -255,24 +255,32 @@ def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, 
                      {"async_block_m": 128, "async_num_warps": 8, "async_block_n": 64, "async_dkv_block_m": 64,
                       "async_dkv_num_warps": 4},
                      id="G7-128-rows-64-keys-forward-dQ-64-row-dKdV"),
+        pytest.param(1777, 3, 3, 64, [0, 1000, 1777], True, torch.float16, VIDEONSA, {}, id="G3-D64-two-head-parts"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("dkv_rows", ["tma", "copy"])
 def test_async_compression_window_flash_attention_rule(
-    T, HKV, G, D, cu, pregate, dtype, config, tuning, poison_empty, monkeypatch
+    T, HKV, G, D, cu, pregate, dtype, config, tuning, dkv_rows, poison_empty, monkeypatch
 ):
-    """The Hopper compression and window kernels (forward, dQ, dK/dV) on awkward shapes; the Triton branch kernels
-    are made unusable, so a silent fallback to them fails the test (the selection runs its block kernels)."""
-    from nsa_kernels import attention, nsa
+    """The Hopper compression and window kernels (forward, dQ, dK/dV) on awkward shapes, the dK/dV with its rows by
+    TMA in head parts or by ``cp.async``; the Triton branch kernels and the other dK/dV kernel are made unusable, so a
+    silent fallback fails the test (the selection runs its block kernels)."""
+    from nsa_kernels import attention, attention_async, dkv_async, nsa
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the asynchronous compression/window kernels are built for compute capability 9.x")
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
     branch = {key: value for key, value in tuning.items() if key.startswith("async")}
+    branch["async_dkv_tma"] = dkv_rows == "tma"
     for name in ("cmp", "swd"):
         monkeypatch.setitem(nsa.TUNING, name, {**nsa.TUNING[name], "async": ["fwd", "dq", "dkv"], **branch})
     monkeypatch.setitem(nsa.TUNING, "cmp_dkv", {**nsa.TUNING["cmp_dkv"], **tuning.get("cmp_dkv", {})})
     for kernel in ("branch_fwd_kernel_attn", "branch_bwd_kernel_dq", "branch_bwd_kernel_dkv"):
         monkeypatch.setattr(attention, kernel, None)
+    if dkv_rows == "tma":
+        monkeypatch.setattr(attention_async, "branch_bwd_kernel_dkv_async", None)
+    else:
+        monkeypatch.setattr(dkv_async, "branch_bwd_kernel_dkv_tma", None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, config, cu)
 

@@ -537,6 +537,12 @@ def window_takes_local(q: torch.Tensor, geometry: dict, dq_block_n: int) -> bool
     return async_applies(q) and steps and FL >= 1 and geometry["window"] >= FL * SB
 
 
+def _dkv_async():
+    from nsa_kernels import dkv_async
+
+    return dkv_async
+
+
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
     """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
     if not (wanted and async_applies(q, block_m)):
@@ -758,6 +764,7 @@ def branch_dkv(
     async_dkv: bool = False,
     dkv_num_warps: int = 8,
     local: tuple[torch.Tensor, ...] | None = None,
+    dkv_rows_tma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The dK/dV pass of one branch (its dQ pass is :func:`branch_dq`); arguments as there.
 
@@ -773,6 +780,8 @@ def branch_dkv(
     ``do``, the Gluon kernel, :func:`window_takes_local`): each key tile also gets the selection's dK/dV from
     the tokens for which it is one of their ``forced_local`` most recent blocks, which the selection then leaves out
     (:func:`~nsa_kernels.selection.selection_bwd` ``local=``); every row must have selected those blocks.
+    ``dkv_rows_tma``: the Gluon kernel brings its query and dO rows by TMA (:mod:`nsa_kernels.dkv_async`) where
+    :func:`~nsa_kernels.dkv_async.rows_by_tma` holds.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -813,10 +822,23 @@ def branch_dkv(
         dkv = (torch.empty(shape, device=q.device, dtype=torch.float32),) * 2
         dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
     dkv_bm = max(dkv_block_m, BM)
-    dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", async_dkv and mode != SLC and BN == 64, q, dkv_bm)
-    if local is not None and not (mode == SWD and dkv_kernel and C >= 0 and window_takes_local(q, geometry, 64)):
+    gluon = async_dkv and mode != SLC and BN == 64 and async_applies(q, dkv_bm)
+    if local is not None and not (mode == SWD and gluon and C >= 0 and window_takes_local(q, geometry, 64)):
         raise ValueError("branch_dkv(local=...) needs mode=SWD, an ungated dO, the Gluon kernel and window_takes_local")
-    if ktile_seq.numel() and dkv_kernel:
+    tma_rows = gluon and dkv_rows_tma and _dkv_async().rows_by_tma(q, do, G, dkv_bm)
+    dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", gluon and not tma_rows, q, dkv_bm)
+    if ktile_seq.numel() and tma_rows:
+        dkv_async = _dkv_async()
+        q_descs, do_descs = (dkv_async.head_part_descriptors(x, G, dkv_bm) for x in (q, do))
+        P0, P1, P2 = dkv_async.head_parts(G)
+        dkv_async.branch_bwd_kernel_dkv_tma[(ktile_seq.numel(), HKV, nsplit)](
+            *q_descs, k, v, *do_descs, gates, lse, delta, dkv[0], dkv[1], plan["cu_seqlens"], cu_keys, ktile_seq,
+            ktile_start, NK, scale, scale * LOG2E, *(local or (lse, delta, lse, delta, cu_keys)), HQ=HQ, HKV=HKV,
+            G=G, D=D, BM=dkv_bm, BN=64, MODE=mode, C=C, CL=common["CL"], CS=common["CS"], W=common["W"],
+            NSPLIT=nsplit, SPAN=span if mode == CMP else 0, ACCUMULATE=accumulate,
+            FL=0 if local is None else geometry["forced_local"], P0=P0, P1=P1, P2=P2, num_warps=dkv_num_warps,
+        )  # fmt: skip
+    elif ktile_seq.numel() and dkv_kernel:
         dkv_kernel[(ktile_seq.numel(), HKV, nsplit)](
             q, k, v, do, gates, lse, delta, dkv[0], dkv[1], plan["cu_seqlens"], cu_keys, ktile_seq, ktile_start, NK,
             scale, scale * LOG2E, *(local or (lse, delta, lse, delta, cu_keys)), HQ=HQ, HKV=HKV, G=G, D=D, BM=dkv_bm,

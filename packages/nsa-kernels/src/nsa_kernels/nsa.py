@@ -69,6 +69,7 @@ ASYNC_BRANCH = {
     "async_dq_partial_buffers": 0,
     "async_dkv_block_m": 128,
     "async_dkv_num_warps": 8,
+    "async_dkv_tma": False,
 }
 """The Gluon settings of the compression and window branches (``TUNING["cmp"]`` / ``["swd"]``); an entry that leaves
 out an ``async_*`` launch parameter gets it from here, one without ``async`` runs no Gluon kernel."""
@@ -114,6 +115,7 @@ TUNING = {
         "num_stages": 2,
         **ASYNC_BRANCH,
         "async_dq_in_cmp": True,
+        "async_dkv_tma": True,
     },
     "topk": {
         "block_m": 64,
@@ -137,7 +139,8 @@ TUNING = {
 warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in the forward (whose registers are capped at
 ``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``; the compression dQ copies the selection's dQ
 partials into ``async_dq_partial_buffers`` tiles of shared memory, 0 = as many as its free buffers hold), and
-``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV); ``swd``'s ``async_dq_in_cmp``: where the
+``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV), brought by TMA in head parts where
+``async_dkv_tma`` (:mod:`nsa_kernels.dkv_async`); ``swd``'s ``async_dq_in_cmp``: where the
 compression dQ adds the selection's partials in Gluon (``bwd_dq_in_cmp``), it adds the window's dQ of its tiles too
 (:func:`~nsa_kernels.attention.window_in_dq`), so no fp32 dQ sum is kept; elsewhere the Triton kernels run with
 ``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk
@@ -226,7 +229,12 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
         dq = {key: tune[key] for key in ("async_dq_maxnreg", "async_dq_partial_buffers")}
         kwargs.update(rows, async_dq=True, **dq)
     if phase == "bwd" and "dkv" in kernels:
-        kwargs.update(dkv_block_m=tune["async_dkv_block_m"], dkv_num_warps=tune["async_dkv_num_warps"], async_dkv=True)
+        kwargs.update(
+            dkv_block_m=tune["async_dkv_block_m"],
+            dkv_num_warps=tune["async_dkv_num_warps"],
+            async_dkv=True,
+            dkv_rows_tma=tune["async_dkv_tma"],
+        )
     return kwargs
 
 
