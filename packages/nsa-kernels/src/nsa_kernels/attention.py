@@ -537,12 +537,6 @@ def window_takes_local(q: torch.Tensor, geometry: dict, dq_block_n: int) -> bool
     return async_applies(q) and steps and FL >= 1 and geometry["window"] >= FL * SB
 
 
-def _dkv_async():
-    from nsa_kernels import dkv_async
-
-    return dkv_async
-
-
 def async_kernel(name: str, wanted: bool, q: torch.Tensor, block_m: int):
     """Kernel ``name`` of :mod:`nsa_kernels.attention_async` if ``wanted`` and :func:`async_applies`, else None."""
     if not (wanted and async_applies(q, block_m)):
@@ -822,13 +816,16 @@ def branch_dkv(
         dkv = (torch.empty(shape, device=q.device, dtype=torch.float32),) * 2
         dkv = (dkv[0], torch.empty(shape, device=q.device, dtype=torch.float32))
     dkv_bm = max(dkv_block_m, BM)
-    gluon = async_dkv and mode != SLC and BN == 64 and async_applies(q, dkv_bm)
-    if local is not None and not (mode == SWD and gluon and C >= 0 and window_takes_local(q, geometry, 64)):
+    gluon_dkv = async_dkv and mode != SLC and BN == 64 and async_applies(q, dkv_bm)
+    if local is not None and not (mode == SWD and gluon_dkv and C >= 0 and window_takes_local(q, geometry, 64)):
         raise ValueError("branch_dkv(local=...) needs mode=SWD, an ungated dO, the Gluon kernel and window_takes_local")
-    tma_rows = gluon and dkv_rows_tma and _dkv_async().rows_by_tma(q, do, G, dkv_bm)
-    dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", gluon and not tma_rows, q, dkv_bm)
+    tma_rows = False
+    if gluon_dkv and dkv_rows_tma:
+        from nsa_kernels import dkv_async
+
+        tma_rows = dkv_async.rows_by_tma(q, do, G, dkv_bm)
+    dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", gluon_dkv and not tma_rows, q, dkv_bm)
     if ktile_seq.numel() and tma_rows:
-        dkv_async = _dkv_async()
         q_descs, do_descs = (dkv_async.head_part_descriptors(x, G, dkv_bm) for x in (q, do))
         P0, P1, P2 = dkv_async.head_parts(G)
         dkv_async.branch_bwd_kernel_dkv_tma[(ktile_seq.numel(), HKV, nsplit)](

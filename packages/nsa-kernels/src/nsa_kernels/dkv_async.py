@@ -194,14 +194,13 @@ def branch_bwd_kernel_dkv_tma(
     _copy_block(k, v, k_smem, v_smem, k0, kbos, kbos + nks, h, n, d, HKV, BN, D)
     async_copy.commit_group()
     gl.thread_barrier()
+    part, off, lg, base = _part_step(0, n0, n1, lo, LB, P0, P1, P2)
     if total > 0:
-        part, off, _, base = _part_step(0, n0, n1, lo, LB, P0, P1, P2)
         _copy_part_rows(q0, q1, q2, do0, do1, do2, q_smem.index(0), do_smem.index(0), bars.index(0), part, bos + base,
                         h * G + off, BM, D, P0, P1, P2)  # fmt: skip
 
     r_s = gl.arange(0, BM, ROWS)
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
-    part, off, lg, base = _part_step(0, n0, n1, lo, LB, P0, P1, P2)
     _, ok_n, rows_n = _part_rows(r_s, lg, off, base, hi, bos, h, HQ, G)
     lse2_n, delta_n = _row_stats(lse, delta, rows_n, ok_n)
     dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
