@@ -568,6 +568,44 @@ def _token_range(k0, bos, eos, split, TT: gl.constexpr, BN: gl.constexpr, MODE: 
 
 
 @gluon.jit
+def _key_tile(ktile_seq, ktile_start, cu_seqlens, cu_keys, pid):
+    # key tile pid of a key-outer kernel: its first key (relative to its sequence), the sequence's token bounds, its
+    # first key in the key tensor and its key count
+    seq = gl.load(ktile_seq + pid)
+    kbos = gl.load(cu_keys + seq)
+    return (gl.load(ktile_start + pid), gl.load(cu_seqlens + seq), gl.load(cu_seqlens + seq + 1), kbos,
+            gl.load(cu_keys + seq + 1) - kbos)  # fmt: skip
+
+
+@gluon.jit
+def _stage_scores(s, dp, lse2, delta_row, gate, masked, t_rel, row_ok, key, scale2, p_smem, ds_smem,
+                  MODE: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr):  # fmt: skip
+    # a dK/dV step's P and dS (_stage_p_ds) from its scores, under the visibility mask of rows t_rel where masked
+    p = gl.exp2(s * scale2 - lse2[:, None])
+    if masked:
+        vis_lo, vis_hi = _visible_limits(t_rel, row_ok, MODE, CL, CS, W)
+        p = _mask_visible(p, key, vis_lo, vis_hi, 0.0)
+    _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
+
+
+@gluon.jit
+def _store_dkv(dk_acc, dv_acc, dk, dv, split, nk_total, kbos, k0, nks, h, scale, HKV: gl.constexpr, D: gl.constexpr,
+               BN: gl.constexpr, DKV_L: gl.constexpr, ACCUMULATE: gl.constexpr):  # fmt: skip
+    # a key tile's fp32 dK (times scale) and dV into its split's rows of dk / dv, added to them where ACCUMULATE
+    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
+    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
+    row = split.to(gl.int64) * nk_total + (kbos + k0 + n_out).to(gl.int64)
+    offs = row[:, None] * (HKV * D) + h * D + d_out[None, :]
+    ok = (k0 + n_out < nks)[:, None]
+    dk_acc = dk_acc * scale
+    if ACCUMULATE:
+        dk_acc += gl.load(dk + offs, mask=ok, other=0.0)
+        dv_acc += gl.load(dv + offs, mask=ok, other=0.0)
+    gl.store(dk + offs, dk_acc, mask=ok)
+    gl.store(dv + offs, dv_acc, mask=ok)
+
+
+@gluon.jit
 def branch_bwd_kernel_dkv_async(
     q, k, v, do, gates, lse, delta, dk, dv, cu_seqlens, cu_keys, ktile_seq, ktile_start, nk_total, scale, scale2,
     lse_loc, delta_loc, coef_a, coef_b, exact_flag,
@@ -589,12 +627,7 @@ def branch_bwd_kernel_dkv_async(
     pid = gl.program_id(0)
     h = gl.program_id(1)
     split = gl.program_id(2)
-    seq = gl.load(ktile_seq + pid)
-    k0 = gl.load(ktile_start + pid)
-    bos = gl.load(cu_seqlens + seq)
-    eos = gl.load(cu_seqlens + seq + 1)
-    kbos = gl.load(cu_keys + seq)
-    nks = gl.load(cu_keys + seq + 1) - kbos
+    k0, bos, eos, kbos, nks = _key_tile(ktile_seq, ktile_start, cu_seqlens, cu_keys, pid)
     lo, hi, open_lo, open_hi = _token_range(k0, bos, eos, split, TT, BN, MODE, CL, CS, W, NSPLIT, SPAN)
     k_smem, v_smem, q_smem, do_smem, p_smem, ds_smem, lse_smem, delta_smem = _dkv_buffers(dtype, BM, BN, D)
 
@@ -644,25 +677,11 @@ def branch_bwd_kernel_dkv_async(
                                             lse_loc, delta_loc, gates, rows_c, k0 + n_s, loc_lo, loc_hi)  # fmt: skip
                 _stage(pv, ds, p_smem, ds_smem)
         if (FL == 0) | (base >= k0 + FL * BN):
-            p = gl.exp2(s * scale2 - lse2[:, None])
-            if (base < open_lo) | (base > open_hi):
-                t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
-                vis_lo, vis_hi = _visible_limits(t_rel, ok_rel, MODE, CL, CS, W)
-                p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
-            _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
+            t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
+            _stage_scores(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_rel, ok_rel, k0 + n_s,
+                          scale2, p_smem, ds_smem, MODE, CL, CS, W)  # fmt: skip
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     async_copy.wait_group(0)
-
-    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
-    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
-    row = split.to(gl.int64) * nk_total + (kbos + k0 + n_out).to(gl.int64)
-    offs = row[:, None] * (HKV * D) + h * D + d_out[None, :]
-    ok = (k0 + n_out < nks)[:, None]
-    dk_acc = dk_acc * scale
-    if ACCUMULATE:
-        dk_acc += gl.load(dk + offs, mask=ok, other=0.0)
-        dv_acc += gl.load(dv + offs, mask=ok, other=0.0)
-    gl.store(dk + offs, dk_acc, mask=ok)
-    gl.store(dv + offs, dv_acc, mask=ok)
+    _store_dkv(dk_acc, dv_acc, dk, dv, split, nk_total, kbos, k0, nks, h, scale, HKV, D, BN, DKV_L, ACCUMULATE)

@@ -30,7 +30,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from nsa_kernels.attention_async import (
     LOG2E,
-    _mask_visible,
+    _key_tile,
+    _stage_scores,
+    _store_dkv,
     _token_range,
     _visible_limits,
     _window_local_step,
@@ -42,7 +44,6 @@ from nsa_kernels.selection_async import (
     _mma_layout,
     _operand_layout,
     _stage,
-    _stage_p_ds,
 )
 
 MAX_PARTS = 3
@@ -162,12 +163,7 @@ def branch_bwd_kernel_dkv_tma(
     pid = gl.program_id(0)
     h = gl.program_id(1)
     split = gl.program_id(2)
-    seq = gl.load(ktile_seq + pid)
-    k0 = gl.load(ktile_start + pid)
-    bos = gl.load(cu_seqlens + seq)
-    eos = gl.load(cu_seqlens + seq + 1)
-    kbos = gl.load(cu_keys + seq)
-    nks = gl.load(cu_keys + seq + 1) - kbos
+    k0, bos, eos, kbos, nks = _key_tile(ktile_seq, ktile_start, cu_seqlens, cu_keys, pid)
     lo, hi, open_lo, _ = _token_range(k0, bos, eos, split, BM // G, BN, MODE, CL, CS, W, NSPLIT, SPAN)
     n0 = gl.cdiv(hi - lo, BM // P0)
     n1 = n0 * 0
@@ -241,26 +237,12 @@ def branch_bwd_kernel_dkv_tma(
                                             lse_loc, delta_loc, gates, rows_c, k0 + n_s, loc_lo, loc_hi)  # fmt: skip
                 _stage(pv, ds, p_smem, ds_smem)
         if (FL == 0) | (base >= k0 + FL * BN):
-            p = gl.exp2(s * scale2 - lse2[:, None])
             open_hi = hi if MODE == 0 else k0 + W - (BM >> lg)
-            if (base < open_lo) | (base > open_hi):
-                vis_lo, vis_hi = _visible_limits(t_c, ok_c, MODE, CL, CS, W)
-                p = _mask_visible(p, k0 + n_s, vis_lo, vis_hi, 0.0)
-            _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
+            _stage_scores(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_c, ok_c, k0 + n_s,
+                          scale2, p_smem, ds_smem, MODE, CL, CS, W)  # fmt: skip
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     mbarrier.invalidate(bars.index(0))
     mbarrier.invalidate(bars.index(1))
-
-    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
-    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
-    row = split.to(gl.int64) * nk_total + (kbos + k0 + n_out).to(gl.int64)
-    offs = row[:, None] * (HKV * D) + h * D + d_out[None, :]
-    ok = (k0 + n_out < nks)[:, None]
-    dk_acc = dk_acc * scale
-    if ACCUMULATE:
-        dk_acc += gl.load(dk + offs, mask=ok, other=0.0)
-        dv_acc += gl.load(dv + offs, mask=ok, other=0.0)
-    gl.store(dk + offs, dk_acc, mask=ok)
-    gl.store(dv + offs, dv_acc, mask=ok)
+    _store_dkv(dk_acc, dv_acc, dk, dv, split, nk_total, kbos, k0, nks, h, scale, HKV, D, BN, DKV_L, ACCUMULATE)
