@@ -227,8 +227,16 @@ def test_bad_arguments_raise_value_error():
         nsa_func(q, k, v, g, branches=("dense",))
     with pytest.raises(ValueError, match=r"scale=-0\.5 must be a positive"):
         nsa_func(q, k, v, g, scale=-0.5)
+    with pytest.raises(ValueError, match="q must be a bf16 or fp16 tensor"):
+        nsa_func(q.float(), k, v, g)
+    with pytest.raises(ValueError, match=r"k has dtype torch\.float32 but q has torch\.bfloat16; cast them"):
+        nsa_func(q, k.float(), v, g)
+    with pytest.raises(ValueError, match=r"k and v must both be \[B=1, T=16, HKV, D=16\]"):
+        nsa_func(q, k, v[:, :8], g)
+    with pytest.raises(ValueError, match=r"gates must be \[B, T, HQ, 3\]"):
+        nsa_func(q, k, v, g[..., :2])
     T = 2**24
-    huge_q, huge_kv, huge_g = (torch.zeros(1, 1, h, 16).expand(1, T, h, 16) for h in (7, 1, 7))
+    huge_q, huge_kv, huge_g = (torch.zeros(1, 1, h, 16, dtype=torch.bfloat16).expand(1, T, h, 16) for h in (7, 1, 7))
     with pytest.raises(ValueError, match=r"reaches 2\^31.*fewer than 16777216"):
         nsa_func(huge_q, huge_kv, huge_kv, huge_g[..., :3], num_selected=128)
 

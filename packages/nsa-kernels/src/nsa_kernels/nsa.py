@@ -676,6 +676,24 @@ def _backward(ctx, do, *unused):
 _nsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _check_tensors(q: Tensor, k: Tensor, v: Tensor, gates: Tensor) -> None:
+    """Shapes, dtypes and devices of :func:`nsa_func`'s tensors, each error naming the argument and the fix."""
+    if q.dim() != 4 or q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"q must be a bf16 or fp16 tensor [B, T, HQ, D], got {q.dtype} {tuple(q.shape)}")
+    B, T, HQ, D = q.shape
+    for name, x in (("k", k), ("v", v), ("gates", gates)):
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; move them to one device")
+        if name != "gates" and x.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}; cast them to one dtype")
+    if k.dim() != 4 or tuple(k.shape[:2]) != (B, T) or k.shape[3] != D or k.shape != v.shape:
+        raise ValueError(
+            f"k and v must both be [B={B}, T={T}, HKV, D={D}] to match q, got k {tuple(k.shape)} and v {tuple(v.shape)}"
+        )
+    if tuple(gates.shape) != (B, T, HQ, 3):
+        raise ValueError(f"gates must be [B, T, HQ, 3] = {(B, T, HQ, 3)} (cmp, slc, swd), got {tuple(gates.shape)}")
+
+
 def nsa_func(
     q: Tensor,
     k: Tensor,
@@ -725,6 +743,7 @@ def nsa_func(
     Returns:
         ``o [B, T, HQ, D]``, or ``(o, aux)``.
     """
+    _check_tensors(q, k, v, gates)
     B, T, HQ, D = q.shape
     HKV = k.shape[2]
     if HQ % HKV:
