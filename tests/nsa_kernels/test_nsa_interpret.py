@@ -235,6 +235,10 @@ def test_bad_arguments_raise_value_error():
         nsa_func(q, k, v[:, :8], g)
     with pytest.raises(ValueError, match=r"gates must be \[B, T, HQ, 3\]"):
         nsa_func(q, k, v, g[..., :2])
+    with pytest.raises(ValueError, match="k is on meta but q is on cpu; move them to one device"):
+        nsa_func(q, k.to("meta"), v, g)
+    with pytest.raises(ValueError, match="q has 7 heads, not a multiple of the 0 KV heads"):
+        nsa_func(q, k[:, :, :0], v[:, :, :0], g)
     T = 2**24
     huge_q, huge_kv, huge_g = (torch.zeros(1, 1, h, 16, dtype=torch.bfloat16).expand(1, T, h, 16) for h in (7, 1, 7))
     with pytest.raises(ValueError, match=r"reaches 2\^31.*fewer than 16777216"):

@@ -746,7 +746,7 @@ def nsa_func(
     _check_tensors(q, k, v, gates)
     B, T, HQ, D = q.shape
     HKV = k.shape[2]
-    if HQ % HKV:
+    if HKV == 0 or HQ % HKV:
         raise ValueError(f"q has {HQ} heads, not a multiple of the {HKV} KV heads of k")
     if select_block > 128:
         raise ValueError(f"select_block={select_block} is above the supported 128")
