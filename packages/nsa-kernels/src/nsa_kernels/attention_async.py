@@ -589,6 +589,27 @@ def _stage_scores(s, dp, lse2, delta_row, gate, masked, t_rel, row_ok, key, scal
 
 
 @gluon.jit
+def _stage_step(s, dp, lse2, delta_row, gate, masked, t_c, ok_c, rows_c, base, k0, key, scale2, p_smem, ds_smem,
+                lse_loc, delta_loc, coef_a, coef_b, exact, gates, MODE: gl.constexpr, CL: gl.constexpr,
+                CS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, FL: gl.constexpr):  # fmt: skip
+    # a dK/dV step's P and dS once its S/dP MMAs finish: _stage_scores, or where the key tile is one of the rows' FL
+    # local blocks, _window_local_step with the selection's terms (the per-row coefficients loaded before the wait)
+    if FL > 0:
+        in_local = ok_c & (t_c < k0 + FL * BN)
+        row_a = gl.load(coef_a + rows_c, mask=in_local, other=0.0)
+        row_b = gl.load(coef_b + rows_c, mask=in_local, other=0.0)
+    s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+    if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
+        if base < k0 + FL * BN:
+            loc_lo, loc_hi = _visible_limits(t_c, ok_c, MODE, CL, CS, W)
+            pv, ds = _window_local_step(s, dp, scale2, lse2, gate, delta_row, row_a, row_b, in_local, exact, lse_loc,
+                                        delta_loc, gates, rows_c, key, loc_lo, loc_hi)  # fmt: skip
+            _stage(pv, ds, p_smem, ds_smem)
+    if (FL == 0) | (base >= k0 + FL * BN):
+        _stage_scores(s, dp, lse2, delta_row, gate, masked, t_c, ok_c, key, scale2, p_smem, ds_smem, MODE, CL, CS, W)
+
+
+@gluon.jit
 def _store_dkv(dk_acc, dv_acc, dk, dv, split, nk_total, kbos, k0, nks, h, scale, HKV: gl.constexpr, D: gl.constexpr,
                BN: gl.constexpr, DKV_L: gl.constexpr, ACCUMULATE: gl.constexpr):  # fmt: skip
     # a key tile's fp32 dK (times scale) and dV into its split's rows of dk / dv, added to them where ACCUMULATE
@@ -643,8 +664,7 @@ def branch_bwd_kernel_dkv_async(
     n_s = gl.arange(0, BN, gl.SliceLayout(0, S_L))
     dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
     dv_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
-    if FL > 0:
-        exact = gl.load(exact_flag) != 0
+    exact = gl.load(exact_flag) != 0 if FL > 0 else None
     for i in range(gl.cdiv(hi - lo, TT)):
         base = lo + i * TT
         async_copy.wait_group(0)
@@ -659,27 +679,12 @@ def branch_bwd_kernel_dkv_async(
         _copy_token_step(q, do, lse, delta, q_smem.index(nxt), do_smem.index(nxt), lse_smem.index(nxt),
                          delta_smem.index(nxt), bos, base + TT, hi, h, r_g, r_rows, d, G, TT, HQ, D)  # fmt: skip
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
-        if C >= 0:
-            t_c, ok_c = _tile_rows(base, hi, r_s, G, TT)
-            rows_c = (bos + t_c) * HQ + h * G + r_s % G
-            gate = gl.load(gates + rows_c * 3 + C, mask=ok_c, other=0.0).to(gl.float32)
-        else:
-            gate = None
-        if FL > 0:
-            in_local = ok_c & (t_c < k0 + FL * BN)
-            row_a = gl.load(coef_a + rows_c, mask=in_local, other=0.0)
-            row_b = gl.load(coef_b + rows_c, mask=in_local, other=0.0)
-        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
-            if base < k0 + FL * BN:
-                loc_lo, loc_hi = _visible_limits(t_c, ok_c, MODE, CL, CS, W)
-                pv, ds = _window_local_step(s, dp, scale2, lse2, gate, delta_row, row_a, row_b, in_local, exact,
-                                            lse_loc, delta_loc, gates, rows_c, k0 + n_s, loc_lo, loc_hi)  # fmt: skip
-                _stage(pv, ds, p_smem, ds_smem)
-        if (FL == 0) | (base >= k0 + FL * BN):
-            t_rel, ok_rel = _tile_rows(base, hi, r_s, G, TT)
-            _stage_scores(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_rel, ok_rel, k0 + n_s,
-                          scale2, p_smem, ds_smem, MODE, CL, CS, W)  # fmt: skip
+        t_c, ok_c = _tile_rows(base, hi, r_s, G, TT)
+        rows_c = (bos + t_c) * HQ + h * G + r_s % G
+        gate = gl.load(gates + rows_c * 3 + C, mask=ok_c, other=0.0).to(gl.float32) if C >= 0 else None
+        _stage_step(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_c, ok_c, rows_c, base, k0,
+                    k0 + n_s, scale2, p_smem, ds_smem, lse_loc, delta_loc, coef_a, coef_b, exact, gates, MODE, CL, CS,
+                    W, BN, FL)  # fmt: skip
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])

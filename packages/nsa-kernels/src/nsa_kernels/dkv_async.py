@@ -31,11 +31,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from nsa_kernels.attention_async import (
     LOG2E,
     _key_tile,
-    _stage_scores,
+    _stage_step,
     _store_dkv,
     _token_range,
-    _visible_limits,
-    _window_local_step,
 )
 from nsa_kernels.selection_async import (
     _copy_block,
@@ -43,7 +41,6 @@ from nsa_kernels.selection_async import (
     _issue_scores,
     _mma_layout,
     _operand_layout,
-    _stage,
 )
 
 MAX_PARTS = 3
@@ -201,8 +198,7 @@ def branch_bwd_kernel_dkv_tma(
     lse2_n, delta_n = _row_stats(lse, delta, rows_n, ok_n)
     dk_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
     dv_acc = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, DKV_L))
-    if FL > 0:
-        exact = gl.load(exact_flag) != 0
+    exact = gl.load(exact_flag) != 0 if FL > 0 else None
     async_copy.wait_group(0)
     fence_async_shared()
     gl.thread_barrier()
@@ -225,21 +221,10 @@ def branch_bwd_kernel_dkv_tma(
         lse2_n, delta_n = _row_stats(lse, delta, rows_n, ok_n & (i + 1 < total))
         t_c, ok_c, rows_c = _part_rows(r_s, lg, off, base, hi, bos, h, HQ, G)
         gate = gl.load(gates + rows_c * 3 + C, mask=ok_c, other=0.0).to(gl.float32) if C >= 0 else None
-        if FL > 0:
-            in_local = ok_c & (t_c < k0 + FL * BN)
-            row_a = gl.load(coef_a + rows_c, mask=in_local, other=0.0)
-            row_b = gl.load(coef_b + rows_c, mask=in_local, other=0.0)
-        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        if FL > 0:  # noqa: SIM102 (a compile-time branch around a runtime one)
-            if base < k0 + FL * BN:
-                loc_lo, loc_hi = _visible_limits(t_c, ok_c, MODE, CL, CS, W)
-                pv, ds = _window_local_step(s, dp, scale2, lse2, gate, delta_row, row_a, row_b, in_local, exact,
-                                            lse_loc, delta_loc, gates, rows_c, k0 + n_s, loc_lo, loc_hi)  # fmt: skip
-                _stage(pv, ds, p_smem, ds_smem)
-        if (FL == 0) | (base >= k0 + FL * BN):
-            open_hi = hi if MODE == 0 else k0 + W - (BM >> lg)
-            _stage_scores(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_c, ok_c, k0 + n_s,
-                          scale2, p_smem, ds_smem, MODE, CL, CS, W)  # fmt: skip
+        open_hi = hi if MODE == 0 else k0 + W - (BM >> lg)
+        _stage_step(s, dp, lse2, delta_row, gate, (base < open_lo) | (base > open_hi), t_c, ok_c, rows_c, base, k0,
+                    k0 + n_s, scale2, p_smem, ds_smem, lse_loc, delta_loc, coef_a, coef_b, exact, gates, MODE, CL, CS,
+                    W, BN, FL)  # fmt: skip
         dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
         dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
