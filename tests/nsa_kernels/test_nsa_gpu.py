@@ -258,28 +258,33 @@ def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, 
         pytest.param(1777, 3, 3, 64, [0, 1000, 1777], True, torch.float16, VIDEONSA, {}, id="G3-D64-two-head-parts"),
     ],
 )  # fmt: skip
-@pytest.mark.parametrize("dkv_rows", ["tma", "copy"])
+@pytest.mark.parametrize("dkv_rows", ["tma", "copy", "keyrows"])
 def test_async_compression_window_flash_attention_rule(
     T, HKV, G, D, cu, pregate, dtype, config, tuning, dkv_rows, poison_empty, monkeypatch
 ):
     """The Hopper compression and window kernels (forward, dQ, dK/dV) on awkward shapes, the dK/dV with its rows by
-    TMA in head parts or by ``cp.async``; the Triton branch kernels and the other dK/dV kernel are made unusable, so a
-    silent fallback fails the test (the selection runs its block kernels)."""
-    from nsa_kernels import attention, attention_async, dkv_async, nsa
+    TMA in head parts, by ``cp.async``, or with 128 keys as the MMA rows (the window then without the selection's
+    local blocks); the Triton branch kernels and the other dK/dV kernels are made unusable, so a silent fallback fails
+    the test (the selection runs its block kernels)."""
+    from nsa_kernels import attention, attention_async, dkv_async, dkv_keyrows, nsa
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the asynchronous compression/window kernels are built for compute capability 9.x")
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
     branch = {key: value for key, value in tuning.items() if key.startswith("async")}
     branch["async_dkv_tma"] = dkv_rows == "tma"
+    branch["async_dkv_keys"] = 128 if dkv_rows == "keyrows" else 64
+    if dkv_rows == "keyrows":
+        monkeypatch.setattr(dkv_keyrows, "MIN_WAVES", 0)
+        monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], "bwd_local_in_window": False})
     for name in ("cmp", "swd"):
         monkeypatch.setitem(nsa.TUNING, name, {**nsa.TUNING[name], "async": ["fwd", "dq", "dkv"], **branch})
     monkeypatch.setitem(nsa.TUNING, "cmp_dkv", {**nsa.TUNING["cmp_dkv"], **tuning.get("cmp_dkv", {})})
     for kernel in ("branch_fwd_kernel_attn", "branch_bwd_kernel_dq", "branch_bwd_kernel_dkv"):
         monkeypatch.setattr(attention, kernel, None)
-    if dkv_rows == "tma":
+    if dkv_rows != "copy":
         monkeypatch.setattr(attention_async, "branch_bwd_kernel_dkv_async", None)
-    else:
+    if dkv_rows != "tma":
         monkeypatch.setattr(dkv_async, "branch_bwd_kernel_dkv_tma", None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, config, cu)

@@ -558,7 +558,7 @@ def test_branch_tuning_takes_the_gluon_launch_parameters_only_where_they_apply(m
     assert not attention.async_applies(q)
     gluon = {"async": ["fwd", "dkv"], "async_block_m": 128, "async_num_warps": 8, "async_block_n": 32,
              "async_fwd_block_n": 48, "async_fwd_maxnreg": 200, "async_dkv_block_m": 192,
-             "async_dkv_num_warps": 12, "async_dkv_tma": True}  # fmt: skip
+             "async_dkv_num_warps": 12, "async_dkv_tma": True, "async_dkv_keys": 128}  # fmt: skip
     monkeypatch.setitem(nsa.TUNING, "cmp", {"block_m": 64, "num_warps": 4, "num_stages": 2, **gluon})
     triton_only = {"block_m": 64, "num_warps": 4, "num_stages": 2}
     assert nsa._branch_tuning("cmp", q, "fwd") == triton_only
@@ -566,7 +566,15 @@ def test_branch_tuning_takes_the_gluon_launch_parameters_only_where_they_apply(m
     monkeypatch.setattr(nsa, "async_applies", lambda q: True)
     fwd = {**triton_only, "block_m": 128, "num_warps": 8, "async_block_n": 48, "maxnreg": 200, "asynchronous": True}
     assert nsa._branch_tuning("cmp", q, "fwd") == fwd
-    bwd = {**triton_only, "dkv_block_m": 192, "dkv_num_warps": 12, "async_dkv": True, "dkv_rows_tma": True}
+    bwd = {
+        **triton_only,
+        "dkv_block_m": 192,
+        "dkv_num_warps": 12,
+        "async_dkv": True,
+        "dkv_rows_tma": True,
+        "dkv_keys": 128,
+        "dkv_buffers": 2,
+    }
     assert nsa._branch_tuning("cmp", q, "bwd") == bwd
 
 

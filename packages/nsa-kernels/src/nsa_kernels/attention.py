@@ -759,6 +759,8 @@ def branch_dkv(
     dkv_num_warps: int = 8,
     local: tuple[torch.Tensor, ...] | None = None,
     dkv_rows_tma: bool = False,
+    dkv_keys: int = 64,
+    dkv_buffers: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The dK/dV pass of one branch (its dQ pass is :func:`branch_dq`); arguments as there.
 
@@ -775,7 +777,9 @@ def branch_dkv(
     the tokens for which it is one of their ``forced_local`` most recent blocks, which the selection then leaves out
     (:func:`~nsa_kernels.selection.selection_bwd` ``local=``); every row must have selected those blocks.
     ``dkv_rows_tma``: the Gluon kernel brings its query and dO rows by TMA (:mod:`nsa_kernels.dkv_async`) where
-    :func:`~nsa_kernels.dkv_async.rows_by_tma` holds.
+    :func:`~nsa_kernels.dkv_async.rows_by_tma` holds. ``dkv_keys`` = 128: without ``local`` or TMA rows, the Gluon
+    kernel of :mod:`nsa_kernels.dkv_keyrows` (128 keys per program as the MMA rows, 64-row steps, ``dkv_buffers``
+    row buffers) where :func:`~nsa_kernels.dkv_keyrows.applies` holds.
     """
     _N, HQ, D = q.shape
     NK, HKV = k.shape[0], k.shape[1]
@@ -824,8 +828,24 @@ def branch_dkv(
         from nsa_kernels import dkv_async
 
         tma_rows = dkv_async.rows_by_tma(q, do, G, dkv_bm)
+    keyrows = gluon_dkv and not tma_rows and local is None and dkv_keys == 128
+    if keyrows:
+        from nsa_kernels import attention_async, dkv_keyrows
+
+        key_lens = plan["cmp_lens"] if mode == CMP else plan["lens"]
+        keyrows = dkv_keyrows.applies(q, do, tile_count(key_lens, dkv_keyrows.KEYS) * HKV * nsplit)
     dkv_kernel = async_kernel("branch_bwd_kernel_dkv_async", gluon_dkv and not tma_rows, q, dkv_bm)
-    if ktile_seq.numel() and tma_rows:
+    if keyrows:
+        ktile_seq, ktile_start = block_table(cu_keys, dkv_keyrows.KEYS, key_lens)[:2]
+    if ktile_seq.numel() and keyrows:
+        dkv_keyrows.branch_bwd_kernel_dkv_keyrows[(ktile_seq.numel(), HKV, nsplit)](
+            dkv_keyrows.row_descriptor(q), *attention_async.key_descriptors(k, v, dkv_keyrows.KEYS // 2),
+            dkv_keyrows.row_descriptor(do), gates, lse, delta, dkv[0], dkv[1], plan["cu_seqlens"], cu_keys, ktile_seq,
+            ktile_start, NK, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=dkv_keyrows.ROWS,
+            BN=dkv_keyrows.KEYS, MODE=mode, C=C, CL=common["CL"], CS=common["CS"], W=common["W"], NSPLIT=nsplit,
+            SPAN=span if mode == CMP else 0, ACCUMULATE=accumulate, NBUF=dkv_buffers, **dkv_keyrows.LAUNCH,
+        )  # fmt: skip
+    elif ktile_seq.numel() and tma_rows:
         q_descs, do_descs = (dkv_async.head_part_descriptors(x, G, dkv_bm) for x in (q, do))
         P0, P1, P2 = dkv_async.head_parts(G)
         dkv_async.branch_bwd_kernel_dkv_tma[(ktile_seq.numel(), HKV, nsplit)](

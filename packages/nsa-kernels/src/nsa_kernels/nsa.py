@@ -70,6 +70,8 @@ ASYNC_BRANCH = {
     "async_dkv_block_m": 128,
     "async_dkv_num_warps": 8,
     "async_dkv_tma": False,
+    "async_dkv_keys": 64,
+    "async_dkv_buffers": 2,
 }
 """The Gluon settings of the compression and window branches (``TUNING["cmp"]`` / ``["swd"]``); an entry that leaves
 out an ``async_*`` launch parameter gets it from here, one without ``async`` runs no Gluon kernel."""
@@ -79,6 +81,7 @@ TUNING = {
         "num_warps": 4,
         "num_stages": 2,
         **ASYNC_BRANCH,
+        "async_dkv_keys": 128,
     },
     "cmp_dkv": {"block_n": 64, "num_warps": 4, "span": 4096},
     "slc": {"block_m": 64, "num_warps": 4, "num_stages": 2},
@@ -140,11 +143,12 @@ warps, ``async_block_n`` keys per step in the dQ and ``async_fwd_block_n`` in th
 ``async_fwd_maxnreg`` per thread, the dQ's at ``async_dq_maxnreg``; the compression dQ copies the selection's dQ
 partials into ``async_dq_partial_buffers`` tiles of shared memory, 0 = as many as its free buffers hold), and
 ``async_dkv_block_m`` query rows per step on ``async_dkv_num_warps`` (dK/dV), brought by TMA in head parts where
-``async_dkv_tma`` (:mod:`nsa_kernels.dkv_async`); ``swd``'s ``async_dq_in_cmp``: where the
-compression dQ adds the selection's partials in Gluon (``bwd_dq_in_cmp``), it adds the window's dQ of its tiles too
-(:func:`~nsa_kernels.attention.window_in_dq`), so no fp32 dQ sum is kept; elsewhere the Triton kernels run with
-``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token chunk
-per program: 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
+``async_dkv_tma`` (:mod:`nsa_kernels.dkv_async`), or with ``async_dkv_keys`` = 128 the warp-specialised kernel of
+:mod:`nsa_kernels.dkv_keyrows` (``async_dkv_buffers`` row buffers) where it applies; ``swd``'s ``async_dq_in_cmp``:
+where the compression dQ adds the selection's partials in Gluon (``bwd_dq_in_cmp``), it adds the window's dQ of its
+tiles too (:func:`~nsa_kernels.attention.window_in_dq`), so no fp32 dQ sum is kept; elsewhere the Triton kernels run
+with ``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token
+chunk per program: 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
 (:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when ``SELECTION["algo"] == "block"``;
 ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x`` override ``x`` in one phase;
 ``bwd_range_heads``: the fewest KV heads per token range of the backward, used where they mean fewer ranges (0 = all;
@@ -234,6 +238,8 @@ def _branch_tuning(name: str, q: Tensor, phase: str) -> dict:
             dkv_num_warps=tune["async_dkv_num_warps"],
             async_dkv=True,
             dkv_rows_tma=tune["async_dkv_tma"],
+            dkv_keys=tune["async_dkv_keys"],
+            dkv_buffers=tune["async_dkv_buffers"],
         )
     return kwargs
 
