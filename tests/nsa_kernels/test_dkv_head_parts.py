@@ -1,11 +1,12 @@
-"""The head parts of the TMA dK/dV rows (:mod:`nsa_kernels.dkv_async`): host-side plan, no GPU."""
+"""The TMA rows of the dK/dV kernels (:mod:`nsa_kernels.dkv_async` head parts, :mod:`nsa_kernels.dkv_keyrows` one-head
+steps): host-side plans, no GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nsa_kernels import dkv_async
+from nsa_kernels import dkv_async, dkv_keyrows
 
 
 @pytest.mark.parametrize("G", range(1, 40))
@@ -47,3 +48,19 @@ def test_rows_by_tma_needs_few_parts_and_contiguous_rows():
     assert not dkv_async.rows_by_tma(q[:0], q[:0], 7, 128)
     wide = torch.zeros(50, 60, 128, dtype=torch.bfloat16)
     assert not dkv_async.rows_by_tma(wide, wide, 15, 128)
+
+
+def test_keyrows_descriptor_takes_one_head_of_a_token_block_per_box():
+    q = torch.zeros(50, 28, 128, dtype=torch.bfloat16)
+    desc = dkv_keyrows.row_descriptor(q)
+    assert desc.block_shape == [dkv_keyrows.ROWS, 1, 64]
+    assert desc.shape == [50, 28, 128]
+    assert desc.strides == [28 * 128, 128, 1]
+
+
+def test_keyrows_applies_to_contiguous_rows_only(monkeypatch):
+    monkeypatch.setattr(dkv_keyrows, "MIN_WAVES", 0)
+    q = torch.zeros(50, 28, 128, dtype=torch.bfloat16)
+    assert dkv_keyrows.applies(q, q, 1)
+    assert not dkv_keyrows.applies(q, q.transpose(0, 1).contiguous().transpose(0, 1), 1)
+    assert not dkv_keyrows.applies(q[:0], q[:0], 1)

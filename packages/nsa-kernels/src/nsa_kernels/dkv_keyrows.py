@@ -55,7 +55,9 @@ def applies(q: torch.Tensor, do: torch.Tensor, programs: int) -> bool:
     """Whether :func:`row_descriptor` can describe ``q`` and ``do``, and a launch of ``programs`` programs fills at
     least :data:`MIN_WAVES` waves of one program per SM (below that, twice as many 64-key programs run faster)."""
     aligned = all(x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[0] > 0 for x in (q, do))
-    return aligned and programs >= MIN_WAVES * torch.cuda.get_device_properties(q.device).multi_processor_count
+    if not aligned or MIN_WAVES == 0:
+        return aligned
+    return programs >= MIN_WAVES * torch.cuda.get_device_properties(q.device).multi_processor_count
 
 
 @gluon.jit
