@@ -2,18 +2,23 @@
 arguments and outputs of :func:`nsa_kernels.attention_async.branch_bwd_kernel_dkv_async` for ``FL = 0``, on
 ``BN = 128``-key tiles and steps of ``BM = 64`` tokens of one query head.
 
-Three partitions share a program:
+Two partitions share a program:
 
-- two consumer warpgroups, each owning 64 keys of the tile (loaded once by TMA). Each runs its own Sᵀ = K·Qᵀ and
-  dPᵀ = V·dOᵀ against a step's query and dO rows, keeps Pᵀ and dSᵀ in registers as the A operands of dV += Pᵀ·dO
-  and dK += dSᵀ·Q, and releases the step's row buffer once those MMAs are done. No CTA barrier joins them, so one
-  warpgroup's softmax overlaps the other's MMAs.
-- one producer warp that loads the query and dO rows of the coming steps by TMA into ``NBUF`` buffers as they are
-  released. A step is ``[BM, 1, 64]`` boxes over ``[N, HQ, D]``: ``BM`` consecutive tokens of one head. The steps
-  take the G heads of a token block in turn, so the G·D-element run of a token is read by consecutive steps and no
-  row is padded.
+- the consumers (the default partition, two warpgroups), each warpgroup owning 64 keys of the tile (loaded once by
+  TMA). Each runs its own Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ against a step's query and dO rows, keeps Pᵀ and dSᵀ in registers
+  as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q, and each thread releases the step's buffers once its warpgroup's
+  MMAs on them are done. Nothing is staged through shared memory and no barrier joins the warpgroups, so one's
+  softmax can run under the other's MMAs.
+- one producer warp that loads the coming steps into ``NBUF`` buffers as they are released: the query and dO rows as
+  ``[BM, 1, 64]`` TMA boxes over ``[N, HQ, D]`` (``BM`` consecutive tokens of one head), the LSE and delta rows by
+  ``cp.async``, all completing the buffer's mbarrier. The G heads of a token block are consecutive steps, so a
+  token's G·D-element run is read by neighbouring steps, and no row is padded.
 
 Rows past the range (whatever tokens follow, zeros past the tensor) get an LSE of +inf, so their P and dS are 0.
+
+A step waits for its own dV/dK MMAs. Issuing the next step's S/dP over them, as the other kernels do, needs more than
+the consumers' 240 registers, and ptxas then serialises every wgmma of the kernel (as it does for any wgmma in a
+worker partition, which is why both consumer warpgroups form the default partition).
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ def branch_bwd_kernel_dkv_keyrows(
 ):  # fmt: skip
     # arguments as branch_bwd_kernel_dkv_async with FL = 0; the queries and dO as row_descriptor, the keys and
     # values as attention_async.key_descriptors of BN // 2 rows; BN keys per program (the key tiles of ktile_seq /
-    # ktile_start), steps of BM tokens in NBUF buffers, num_warps = CONSUMER_WARPS (the first consumer)
+    # ktile_start), steps of BM tokens in NBUF buffers, num_warps = CONSUMER_WARPS (the consumers)
     KH: gl.constexpr = BN // 2
     SMEM: gl.constexpr = _operand_layout()
     dtype: gl.constexpr = k_desc.dtype
@@ -190,8 +195,8 @@ def branch_bwd_kernel_dkv_keyrows(
             (_consumers, (lse, delta, gates, dk, dv, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, full,
                           empty, kv_bar, split, nk_total, kbos, k0, nks, bos, lo, hi, open_lo, open_hi, h, scale,
                           scale2, HQ, HKV, G, D, BM, MODE, C, CL, CS, W, NBUF, ACCUMULATE)),
-            (_producer, (q_desc, do_desc, lse, delta, q_smem, do_smem, lse_smem, delta_smem, full, empty, bos,
-                                lo, hi, h, HQ, G, D, BM, NBUF)),
+            (_producer, (q_desc, do_desc, lse, delta, q_smem, do_smem, lse_smem, delta_smem, full, empty, bos, lo,
+                         hi, h, HQ, G, D, BM, NBUF)),
         ],
         [PRODUCER_WARPS],
         [PRODUCER_REGS],
