@@ -36,6 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from nsa_kernels import dkv_async
 from nsa_kernels.attention_async import LOG2E, _key_tile, _store_dkv, _token_range, _visible_limits
 from nsa_kernels.dkv_async import _box_layout
 from nsa_kernels.selection_async import _mma_layout, _operand_layout
@@ -51,15 +52,16 @@ over the program's 12 warps leaves: 240)."""
 
 
 def row_descriptor(x: torch.Tensor) -> TensorDescriptor:
-    """TMA descriptor of queries (or dO) ``[N, HQ, D]`` (contiguous, 16-bit) in ``[ROWS, 1, 64]`` boxes."""
-    N, HQ, D = x.shape
-    return TensorDescriptor(x, [N, HQ, D], [HQ * D, D, 1], [ROWS, 1, 64], _box_layout())
+    """TMA descriptor of queries (or dO) ``[N, HQ, D]`` (contiguous, 16-bit) in ``[ROWS, 1, 64]`` boxes: the one head
+    part of :func:`~nsa_kernels.dkv_async.head_part_descriptors` at G = 1."""
+    return dkv_async.head_part_descriptors(x, 1, ROWS)[0]
 
 
 def applies(q: torch.Tensor, do: torch.Tensor, programs: int) -> bool:
-    """Whether :func:`row_descriptor` can describe ``q`` and ``do``, and a launch of ``programs`` programs fills at
-    least :data:`MIN_WAVES` waves of one program per SM (below that, twice as many 64-key programs run faster)."""
-    aligned = all(x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[0] > 0 for x in (q, do))
+    """Whether :func:`row_descriptor` can describe ``q`` and ``do`` (:func:`~nsa_kernels.dkv_async.rows_by_tma`), and a
+    launch of ``programs`` programs fills at least :data:`MIN_WAVES` waves of one program per SM (below that, twice as
+    many 64-key programs run faster)."""
+    aligned = dkv_async.rows_by_tma(q, do, 1, ROWS)
     if not aligned or MIN_WAVES == 0:
         return aligned
     return programs >= MIN_WAVES * torch.cuda.get_device_properties(q.device).multi_processor_count
