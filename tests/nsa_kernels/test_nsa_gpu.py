@@ -220,19 +220,30 @@ def test_forward_backward_without_host_sync_and_in_a_cuda_graph():
                      id="G7-varlen-token-ranges-3-buffers"),
     ],
 )  # fmt: skip
-def test_async_selection_flash_attention_rule(T, HKV, G, D, cu, pregate, dtype, slc_block, poison_empty, monkeypatch):
-    """The Hopper selection forward and backward with asynchronous row gathers, on awkward shapes; the Triton
-    block kernels are made unusable, so a silent fallback to them fails the test. The last case runs ~20 token
-    ranges (partials indexed from each range's first selection), dK/dV partials reduced in groups, three row buffers."""
-    from nsa_kernels import nsa, selection
+@pytest.mark.parametrize("bwd_kernel", ["async", "ws"])
+def test_async_selection_flash_attention_rule(
+    T, HKV, G, D, cu, pregate, dtype, slc_block, bwd_kernel, poison_empty, monkeypatch
+):
+    """The Hopper selection forward and backward with asynchronous row gathers, on awkward shapes, the backward's
+    copies issued by its MMA warps or by a producer warpgroup (``ws``); the Triton block kernels and the other backward
+    are made unusable, so a silent fallback fails the test. The last case runs ~20 token ranges (partials indexed
+    from each range's first selection), dK/dV partials reduced in groups, three row buffers."""
+    from nsa_kernels import nsa, selection, selection_async, selection_ws
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the asynchronous selection kernels are built for compute capability 9.x")
     monkeypatch.setitem(nsa.TUNING, "pregate", dict.fromkeys(("cmp", "slc", "swd"), pregate))
-    asynchronous = {"fwd_async_gathers": True, "bwd_async_gathers": True}
+    warp_specialized = bwd_kernel == "ws"
+    asynchronous = {"fwd_async_gathers": True, "bwd_async_gathers": True, "bwd_warp_specialized": warp_specialized}
     monkeypatch.setitem(nsa.TUNING, "slc_block", {**nsa.TUNING["slc_block"], **asynchronous, **slc_block})
     monkeypatch.setattr(selection, "slc_fwd_kernel_block", None)
     monkeypatch.setattr(selection, "slc_bwd_kernel_block", None)
+    unused = (
+        (selection_async, "slc_bwd_kernel_block_async")
+        if warp_specialized
+        else (selection_ws, "slc_bwd_kernel_block_ws")
+    )
+    monkeypatch.setattr(*unused, None)
     q, k, v, g = make_inputs(1, T, HKV, G, D, dtype, device="cuda")
     _assert_flash_attention_rule(q, k, v, g, VIDEONSA, cu)
 

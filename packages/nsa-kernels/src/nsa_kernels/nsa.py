@@ -100,6 +100,7 @@ TUNING = {
         "bwd_dkv_partial_elems": 2**29,
         "bwd_range_heads": 1,
         "bwd_async_gathers": True,
+        "bwd_warp_specialized": True,
         "bwd_dq_in_cmp": True,
         "partial_elems": 2**31,
         "dq_partials_fp32": False,
@@ -160,10 +161,12 @@ dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too, its dQ kernel 
 own query tiles, token range by token range, in place of the selection's dQ reduction (so the memory-bound sum runs
 beside the compression's MMAs). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block kernels of
 :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's query-row
-buffers (rows copied that many steps minus one ahead). ``fwd_local_in_window``: where the top-n is computed here
-(so every token selected its ``forced_local`` most recent blocks, ``num_selected`` allowing) and the Gluon window
-forward can (:func:`~nsa_kernels.attention.window_emits_local`), the window runs first and emits each row's selection
-partial over those blocks, which lie inside its window; the block-outer selection leaves them out.
+buffers (rows copied that many steps minus one ahead); ``bwd_warp_specialized`` runs the backward's of
+:mod:`nsa_kernels.selection_ws` instead (a producer warpgroup copies the rows). ``fwd_local_in_window``: where the
+top-n is computed here (so every token selected its ``forced_local`` most recent blocks, ``num_selected``
+allowing) and the Gluon window forward can (:func:`~nsa_kernels.attention.window_emits_local`), the window runs first
+and emits each row's selection partial over those blocks, which lie inside its window; the block-outer selection
+leaves them out.
 ``bwd_local_in_window``: the same in the backward, where the window's dQ runs in the compression dQ
 (``swd``'s ``async_dq_in_cmp``) and its Gluon dK/dV can (:func:`~nsa_kernels.attention.window_takes_local`): the
 window's dQ and dK/dV kernels, given the ungated dO, add the selection's gradients over those blocks (same scores,

@@ -606,12 +606,14 @@ def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, i
 
 
 def _async_kernel(name: str, wanted: bool, q: torch.Tensor, D: int, BD: int, BN: int, BM: int):
-    """Kernel ``name`` of :mod:`nsa_kernels.selection_async` if ``wanted`` and it covers the call, else None."""
+    """Kernel ``name`` of :mod:`nsa_kernels.selection_async` (or, for a ``_ws`` name, :mod:`nsa_kernels.selection_ws`)
+    if ``wanted`` and it covers the call, else None."""
     if not wanted:
         return None
-    from nsa_kernels import selection_async  # it reuses this module's kernel helpers
+    from nsa_kernels import selection_async, selection_ws  # they reuse this module's kernel helpers
 
-    return getattr(selection_async, name) if selection_async.async_supported(q, D, BD, BN, BM) else None
+    module = selection_ws if name.endswith("_ws") else selection_async
+    return getattr(module, name) if selection_async.async_supported(q, D, BD, BN, BM) else None
 
 
 def selection_fwd(
@@ -730,6 +732,7 @@ def selection_bwd(
     dq_halves: bool = False,
     dkv_partial_elems: int = 0,
     async_gathers: bool = False,
+    warp_specialized: bool = False,
     dq_reduce: Callable[..., None] | None = None,
     reduce_tiles: int = 1,
     range_heads: int = 0,
@@ -749,6 +752,8 @@ def selection_bwd(
     elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
     ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper,
     ``D`` of 64 or 128, 64-key blocks, 16-bit partials), which copies the next step's rows while a step computes.
+    ``warp_specialized``: with ``async_gathers`` and 128-row steps, the kernel of :mod:`nsa_kernels.selection_ws`
+    instead, whose copies come from a producer warpgroup (8 consumer warps whatever ``num_warps`` says).
 
     The dQ partials of a launch lie step by step: each step of ``BM // G`` CSR entries owns ``BM`` rows (token slot ·
     G + head), its item's first step from :func:`~nsa_kernels.csr.work_items`, so a step's tile is one contiguous
@@ -788,11 +793,15 @@ def selection_bwd(
     part_row = torch.empty(entries, device=q.device, dtype=torch.int32)
     common = dict(HKV=HKV, D=D, BD=BD, num_warps=num_warps)
     C = -1 if gated else 1
-    async_kernel = _async_kernel("slc_bwd_kernel_block_async", async_gathers and not dq_partials_fp32, q, D, BD, BN, BM)
+    warp_specialized = warp_specialized and BM == 128
+    name = "slc_bwd_kernel_block_ws" if warp_specialized else "slc_bwd_kernel_block_async"
+    async_kernel = _async_kernel(name, async_gathers and not dq_partials_fp32, q, D, BD, BN, BM)
     if async_kernel:
         from nsa_kernels.selection_async import partial_descriptor
+        from nsa_kernels.selection_ws import LAUNCH
 
         dq_desc = partial_descriptor(dq_part, BM)
+        async_launch = LAUNCH if warp_specialized else {"num_warps": num_warps}
     accumulate = dkv is not None
     if dkv is None:
         dkv = tuple(torch.empty(1, N, HKV, D, device=q.device, dtype=torch.float32) for _ in range(2))
@@ -814,7 +823,7 @@ def selection_bwd(
                         q, k, v, do, gates, lse, delta, dq_desc, part_row, dk_part, dv_part, plan["cu_seqlens"],
                         blk_seq, blk_start, sel["entries"], item_row, item_lo, item_hi, item_step, blk_seq.numel(),
                         t_lo * HKV * S, h0, item_base, scale, scale * LOG2E, HQ=HQ, HKV=HKV, G=G, D=D, BM=BM, BN=BN,
-                        SB=SB, S=S, C=C, HR=HR, num_warps=num_warps,
+                        SB=SB, S=S, C=C, HR=HR, **async_launch,
                     )  # fmt: skip
                 elif NW:
                     slc_bwd_kernel_block[(NW,)](
