@@ -7,8 +7,8 @@ Two partitions share a program:
 - the consumers (the default partition, two warpgroups), each warpgroup owning 64 keys of the tile (loaded once by
   TMA). Each runs its own Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ against a step's query and dO rows, keeps Pᵀ and dSᵀ in registers
   as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q, and each thread releases the step's buffers once its warpgroup's
-  MMAs on them are done. Nothing is staged through shared memory and no barrier joins the warpgroups, so one's
-  softmax can run under the other's MMAs.
+  MMAs on them are done. Nothing is staged through shared memory, and the warpgroups meet only at the CTA barrier
+  that Triton's membar pass puts before each step's mbarrier wait (it does so between chained waits).
 - one producer warp that loads the coming steps into ``NBUF`` buffers as they are released: the query and dO rows as
   ``[BM, 1, 64]`` TMA boxes over ``[N, HQ, D]`` (``BM`` consecutive tokens of one head), the LSE and delta rows by
   ``cp.async``, all completing the buffer's mbarrier. The G heads of a token block are consecutive steps, so a
@@ -109,7 +109,7 @@ def _consumers(lse, delta, gates, dk, dv, k_smem, v_smem, q_smem, do_smem, lse_s
                C: gl.constexpr, CL: gl.constexpr, CS: gl.constexpr, W: gl.constexpr, NBUF: gl.constexpr,
                ACCUMULATE: gl.constexpr):  # fmt: skip
     # dK/dV of the tile's BN keys over the producer's steps (each warpgroup its BN / 2 keys), stored at the end. Every
-    # thread releases a buffer on its own once its warpgroup's MMAs on it are done, so no barrier joins the warpgroups.
+    # thread releases a buffer on its own once its warpgroup's MMAs on it are done (no barrier of ours).
     BN: gl.constexpr = k_smem.shape[0]
     ST_L: gl.constexpr = _mma_layout(BN, BM, CONSUMER_WARPS)
     DKV_L: gl.constexpr = _mma_layout(BN, D, CONSUMER_WARPS)
