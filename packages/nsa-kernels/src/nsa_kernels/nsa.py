@@ -161,7 +161,7 @@ dK/dV). ``bwd_dq_in_cmp``: where the compression branch runs too, its dQ kernel 
 own query tiles, token range by token range, in place of the selection's dQ reduction (so the memory-bound sum runs
 beside the compression's MMAs). ``fwd_async_gathers`` / ``bwd_async_gathers`` run the Gluon block kernels of
 :mod:`nsa_kernels.selection_async` where they apply (Hopper), ``fwd_async_buffers`` being the forward's query-row
-buffers (rows copied that many steps minus one ahead); ``bwd_warp_specialized`` runs the backward's of
+buffers (rows copied that many steps minus one ahead); ``bwd_warp_specialized`` runs the backward block kernel of
 :mod:`nsa_kernels.selection_ws` instead (a producer warpgroup copies the rows). ``fwd_local_in_window``: where the
 top-n is computed here (so every token selected its ``forced_local`` most recent blocks, ``num_selected``
 allowing) and the Gluon window forward can (:func:`~nsa_kernels.attention.window_emits_local`), the window runs first

@@ -33,6 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from nsa_kernels.selection import _decode_entries, _masked_entries, _range_selection, _work_item
 from nsa_kernels.selection_async import (
+    _copy_block,
     _dkv_buffers,
     _issue_scores,
     _mask_keys,
@@ -50,16 +51,15 @@ the kernel is 10 % and 27 % slower at 128K; 8 producer warps are slower too."""
 
 
 @gluon.jit
-def _load_entries(csr_ent, base, hi, r, G: gl.constexpr, BM: gl.constexpr):
+def _row_entries(csr_ent, base, hi, r, G: gl.constexpr, BM: gl.constexpr):
     # each row's CSR entry (row r: token slot r // G of the step whose first entry is base; 0 past the item)
     slot = r // G
     return gl.load(csr_ent + base + slot, mask=(slot < BM // G) & (base + slot < hi), other=0)
 
 
 @gluon.jit
-def _gather_rows(q, do, q_buf, do_buf, rows, D: gl.constexpr, GATHER: gl.constexpr):
-    # start the copies of one step's query and dO rows rows (a flat row of [N·HQ, D] each, -1 for a zero row)
-    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+def _gather_rows(q, do, q_buf, do_buf, rows, d, D: gl.constexpr):
+    # start the copies of one step's query and dO rows (rows: a flat row of [N·HQ, D] each, -1 for a zero row)
     offs = rows.to(gl.int64)[:, None] * D + d[None, :]
     ok = (rows >= 0)[:, None]
     async_copy.async_copy_global_to_shared(q_buf, q + offs, mask=ok)
@@ -75,18 +75,12 @@ def _producer(q, k, v, do, lse, delta, csr_ent, part_row, k_smem, v_smem, q_smem
     # block goes with step 0
     TT: gl.constexpr = BM // G
     ROWS_L: gl.constexpr = gl.BlockedLayout([max(1, BM // (32 * PW))], [32], [PW], [0])
-    KV_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PW, 1], [1, 0])
-    BN: gl.constexpr = k_smem.shape[0]
-    n = gl.arange(0, BN, gl.SliceLayout(1, KV_L))
-    kv_offs = (
-        (bos + k0 + n).to(gl.int64)[:, None] * (HKV * D) + h * D + gl.arange(0, D, gl.SliceLayout(0, KV_L))[None, :]
-    )
-    kv_ok = ((n < SB) & (k0 + n < eos - bos))[:, None]
-    async_copy.async_copy_global_to_shared(k_smem, k + kv_offs, mask=kv_ok)
-    async_copy.async_copy_global_to_shared(v_smem, v + kv_offs, mask=kv_ok)
     GATHER: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PW, 1], [1, 0])
+    BN: gl.constexpr = k_smem.shape[0]
+    d = gl.arange(0, D, gl.SliceLayout(0, GATHER))
+    _copy_block(k, v, k_smem, v_smem, k0, bos, eos, h, gl.arange(0, BN, gl.SliceLayout(1, GATHER)), d, HKV, SB, D)
     r = gl.arange(0, BM, ROWS_L)
-    ent = _load_entries(csr_ent, lo, hi, r, G, BM)
+    ent = _row_entries(csr_ent, lo, hi, r, G, BM)
     for i in range(gl.cdiv(hi - lo, TT)):
         b = i % 2
         base = lo + i * TT
@@ -96,9 +90,9 @@ def _producer(q, k, v, do, lse, delta, csr_ent, part_row, k_smem, v_smem, q_smem
         row_smem.store(row)
         gl.thread_barrier()
         rows = row_smem.load(gl.SliceLayout(1, GATHER))
-        ent = _load_entries(csr_ent, base + TT, hi, r, G, BM)
+        ent = _row_entries(csr_ent, base + TT, hi, r, G, BM)
         mbarrier.wait(empty.index(b), ((i // 2) & 1) ^ 1)
-        _gather_rows(q, do, q_smem.index(b), do_smem.index(b), rows, D, GATHER)
+        _gather_rows(q, do, q_smem.index(b), do_smem.index(b), rows, d, D)
         async_copy.async_copy_global_to_shared(lse_smem.index(b), lse + row, mask=ok)
         async_copy.async_copy_global_to_shared(delta_smem.index(b), delta + row, mask=ok)
         async_copy.commit_group()
