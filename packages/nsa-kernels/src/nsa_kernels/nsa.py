@@ -97,6 +97,7 @@ TUNING = {
         "merge_warps": 1,
         "fwd_item": 576,
         "bwd_item": 1152,
+        "bwd_item_waves": 2,
         "bwd_dkv_partial_elems": 2**29,
         "bwd_range_heads": 1,
         "bwd_async_gathers": True,
@@ -150,7 +151,8 @@ where the compression dQ adds the selection's partials in Gluon (``bwd_dq_in_cmp
 tiles too (:func:`~nsa_kernels.attention.window_in_dq`), so no fp32 dQ sum is kept; elsewhere the Triton kernels run
 with ``block_m`` / ``num_warps``. ``cmp_dkv`` is the compression dK/dV pass (compressed keys per program, warps, token
 chunk per program: 0 = equal shares of each key tile's range). ``slc_block`` is the block-outer selection
-(:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item), used when ``SELECTION["algo"] == "block"``;
+(:mod:`nsa_kernels.selection`; ``*_item`` = CSR entries per work item, grown in the backward up to 4 times while a
+launch keeps ``bwd_item_waves`` waves of items), used when ``SELECTION["algo"] == "block"``;
 ``"tile"`` runs the tile-outer kernels with ``slc``; ``fwd_x`` / ``bwd_x`` override ``x`` in one phase;
 ``bwd_range_heads``: the fewest KV heads per token range of the backward, used where they mean fewer ranges (0 = all;
 fewer heads per range give longer ranges for the same partials, so fewer work items); ``fwd_o_halves`` /

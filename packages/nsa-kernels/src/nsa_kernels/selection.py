@@ -605,6 +605,18 @@ def _sizes(G: int, D: int, select_block: int, block_m: int) -> tuple[int, int, i
     return max(block_m, triton.next_power_of_2(G), 16), max(triton.next_power_of_2(D), 16), select_block
 
 
+def _item_size(item: int, entries: int, device: torch.device, waves: int, growth: int = 4) -> int:
+    """``item`` doubled, at most to ``growth · item``, while a launch of ``entries`` CSR entries keeps at least
+    ``waves`` waves of work items on the GPU's SMs (``item`` itself off CUDA or with ``waves`` 0)."""
+    if not waves or device.type != "cuda":
+        return item
+    programs = waves * torch.cuda.get_device_properties(device).multi_processor_count
+    size = item
+    while 2 * size <= growth * item and entries // (2 * size) >= programs:
+        size *= 2
+    return size
+
+
 def _async_kernel(name: str, wanted: bool, q: torch.Tensor, D: int, BD: int, BN: int, BM: int):
     """Kernel ``name`` of :mod:`nsa_kernels.selection_async` (or, for a ``_ws`` name, :mod:`nsa_kernels.selection_ws`)
     if ``wanted`` and it covers the call, else None."""
@@ -723,6 +735,7 @@ def selection_bwd(
     num_warps: int = 4,
     num_stages: int = 2,
     item: int = 1152,
+    item_waves: int = 0,
     partial_elems: int = 2**30,
     dq_partials_fp32: bool = True,
     gated: bool = False,
@@ -752,6 +765,8 @@ def selection_bwd(
     elements, then reduced in one pass (each pass reads and rewrites the fp32 dK/dV); 0 reduces every range.
     ``async_gathers``: the block kernel of :mod:`nsa_kernels.selection_async` where it applies (Hopper,
     ``D`` of 64 or 128, 64-key blocks, 16-bit partials), which copies the next step's rows while a step computes.
+    ``item_waves``: longer work items (up to 4 · ``item``) where a launch still fills that many waves of items
+    (0 = always ``item``): each item reloads its K/V block and writes a dK/dV partial, but too few items leave SMs idle.
     ``warp_specialized``: with ``async_gathers`` and 128-row steps, the kernel of :mod:`nsa_kernels.selection_ws`
     instead, whose copies come from a producer warpgroup (8 consumer warps whatever ``num_warps`` says).
 
@@ -788,6 +803,7 @@ def selection_bwd(
     longest = max((b - a for a, b in itertools.pairwise(cuts)), default=0)
     TT = BM // G
     entries = longest * HR * S
+    item = _item_size(item, entries, q.device, item_waves)
     steps = entries // TT + _item_bound(entries, item, HR * blk_seq.numel()) + 1
     dq_part = torch.empty(steps * BM, D, device=q.device, dtype=torch.float32 if dq_partials_fp32 else q.dtype)
     part_row = torch.empty(entries, device=q.device, dtype=torch.int32)
