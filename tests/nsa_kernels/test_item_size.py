@@ -22,17 +22,20 @@ def h200(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("tokens", "expected"),
-    [(8192, 1152), (32768, 2304), (65536, 4608), (131072, 4608)],
+    ("entries", "expected"),
+    [
+        pytest.param(8192 * 4 * 32, 1152, id="8K-one-range-of-4-heads"),
+        pytest.param(32768 * 4 * 32, 4608, id="32K-one-range-of-4-heads"),
+        pytest.param(74898 * 32, 2304, id="128K-ranges-of-1-head"),
+    ],
 )
-def test_items_grow_while_two_waves_remain(h200, tokens, expected):
-    entries = tokens * 32
-    size = selection._item_size(1152, entries, h200, waves=2)
+def test_items_grow_while_four_waves_remain(h200, entries, expected):
+    size = selection._item_size(1152, entries, h200, waves=4)
     assert size == expected
-    assert size == 1152 or entries // size >= 2 * SMS
-    assert size == 4 * 1152 or entries // (2 * size) < 2 * SMS
+    assert size == 1152 or entries // size >= 4 * SMS
+    assert size == 4 * 1152 or entries // (2 * size) < 4 * SMS
 
 
 def test_items_stay_put_off_cuda_or_without_waves(h200):
-    assert selection._item_size(1152, 131072 * 32, torch.device("cpu"), waves=2) == 1152
+    assert selection._item_size(1152, 131072 * 32, torch.device("cpu"), waves=4) == 1152
     assert selection._item_size(1152, 131072 * 32, h200, waves=0) == 1152

@@ -97,7 +97,7 @@ TUNING = {
         "merge_warps": 1,
         "fwd_item": 576,
         "bwd_item": 1152,
-        "bwd_item_waves": 2,
+        "bwd_item_waves": 4,
         "bwd_dkv_partial_elems": 2**29,
         "bwd_range_heads": 1,
         "bwd_async_gathers": True,
