@@ -201,6 +201,43 @@ def _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem):
 
 
 @gluon.jit
+def _step_products(s, dp, lse2, delta_row, gates, csr_ent, q_buf, do_buf, k_smem, p_smem, ds_smem, dv_acc, dk_acc,
+                   base, hi, masked, bos, k0, h, r_s, n_s, key_limit, scale2, DQ_L: gl.constexpr, HQ: gl.constexpr,
+                   HKV: gl.constexpr, G: gl.constexpr, TT: gl.constexpr, S: gl.constexpr, C: gl.constexpr):  # fmt: skip
+    # a backward step once its S/dP MMAs are issued: P (key-masked on the steps that need it) and dS staged, times
+    # the gates where C >= 0; then the dQ partial dS·K, dV += Pᵀ·dO and dK += dSᵀ·Q issued: (dq, dv_acc, dk_acc)
+    BM: gl.constexpr = q_buf.shape[0]
+    D: gl.constexpr = q_buf.shape[1]
+    if C >= 0:
+        ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
+        gate = gl.load(gates + (t_g * HQ + h * G + g_g) * 3 + C, mask=ok_g, other=0.0).to(gl.float32)
+    else:
+        gate = None
+    s, dp = warpgroup_mma_wait(0, deps=[s, dp])
+    p = gl.exp2(s * scale2 - lse2[:, None])
+    if base < masked:
+        ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
+        p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
+    _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
+    dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
+    dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
+    dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
+    return dq, dv_acc, dk_acc
+
+
+@gluon.jit
+def _store_dkv_partial(dk_acc, dv_acc, dk_part, dv_part, row0, scale, DKV_L: gl.constexpr):
+    # a work item's fp32 dK (times scale) and dV partials [BN, D] into rows row0.. of dk_part / dv_part
+    BN: gl.constexpr = dk_acc.shape[0]
+    D: gl.constexpr = dk_acc.shape[1]
+    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
+    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
+    offs = (row0 + n_out)[:, None] * D + d_out[None, :]
+    gl.store(dk_part + offs, dk_acc * scale)
+    gl.store(dv_part + offs, dv_acc)
+
+
+@gluon.jit
 def slc_fwd_kernel_block_async(
     q, k, v, o_part, lse_part, cu_seqlens, blk_seq, blk_start, csr_ent, item_row, item_lo, item_hi, NB, e_base, scale2,
     HQ: gl.constexpr, HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
@@ -330,21 +367,9 @@ def slc_bwd_kernel_block_async(
         next_g = _load_entries(csr_ent, base + 2 * TT, hi, r_gather // G, TT)
         next_r = _load_entries(csr_ent, base + 2 * TT, hi, r_rows // G, TT)
         lse2, delta_row = _softmax_rows(lse_smem.index(i % 2), delta_smem.index(i % 2), gl.SliceLayout(1, S_L))
-        if C >= 0:
-            ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
-            gate = gl.load(gates + (t_g * HQ + h * G + g_g) * 3 + C, mask=ok_g, other=0.0).to(gl.float32)
-        else:
-            gate = None
-        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.exp2(s * scale2 - lse2[:, None])
-        if base < masked:
-            ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
-            p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
-        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
-
-        dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
-        dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
-        dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
+        dq, dv_acc, dk_acc = _step_products(s, dp, lse2, delta_row, gates, csr_ent, q_buf, do_buf, k_smem, p_smem,
+                                            ds_smem, dv_acc, dk_acc, base, hi, masked, bos, k0, h, r_s, n_s,
+                                            key_limit, scale2, DQ_L, HQ, HKV, G, TT, S, C)  # fmt: skip
         ahead = base + 3 * TT + r_s // G
         _prefetch_l2(csr_ent + ahead, ahead < hi, csr_ent)
         ok_dq, e_dq, t_dq, g_dq = _rows_of(step_g, base, hi, r_gather, G, TT, HKV, S)
@@ -361,12 +386,7 @@ def slc_bwd_kernel_block_async(
         gl.thread_barrier()
         tma.async_copy_shared_to_global(dq_desc, [(step0 + gl.cdiv(hi - lo, TT) - 1) * BM, 0], dq_smem)
         tma.store_wait(0)
-
-    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
-    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
-    offs = ((item_base + pid).to(gl.int64) * BN + n_out)[:, None] * D + d_out[None, :]
-    gl.store(dk_part + offs, dk_acc * scale)
-    gl.store(dv_part + offs, dv_acc)
+    _store_dkv_partial(dk_acc, dv_acc, dk_part, dv_part, (item_base + pid).to(gl.int64) * BN, scale, DKV_L)
 
 
 def partial_descriptor(dq_part: torch.Tensor, block_m: int) -> TensorDescriptor:

@@ -26,7 +26,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
     tma,
-    warpgroup_mma,
     warpgroup_mma_init,
     warpgroup_mma_wait,
 )
@@ -36,11 +35,10 @@ from nsa_kernels.selection_async import (
     _copy_block,
     _dkv_buffers,
     _issue_scores,
-    _mask_keys,
     _mma_layout,
     _softmax_rows,
-    _stage_p_ds,
-    _step_rows,
+    _step_products,
+    _store_dkv_partial,
 )
 
 CONSUMER_WARPS = gl.constexpr(8)
@@ -132,20 +130,9 @@ def _consumers(gates, csr_ent, dq_desc, dk_part, dv_part, k_smem, v_smem, q_smem
         if i > 0:
             async_copy.mbarrier_arrive(empty.index(1 - b), increment_count=False)
         lse2, delta_row = _softmax_rows(lse_smem.index(b), delta_smem.index(b), gl.SliceLayout(1, S_L))
-        if C >= 0:
-            ok_g, _e_gate, t_g, g_g = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
-            gate = gl.load(gates + (t_g * HQ + h * G + g_g) * 3 + C, mask=ok_g, other=0.0).to(gl.float32)
-        else:
-            gate = None
-        s, dp = warpgroup_mma_wait(0, deps=[s, dp])
-        p = gl.exp2(s * scale2 - lse2[:, None])
-        if base < masked:
-            ok, _e_mask, t, _g_mask = _step_rows(csr_ent, base, hi, r_s, G, TT, HKV, S)
-            p = _mask_keys(p, ok, t, bos, k0, n_s, key_limit, 0.0)
-        _stage_p_ds(p, dp, delta_row, gate, p_smem, ds_smem)
-        dq = warpgroup_mma(ds_smem, k_smem, gl.zeros([BM, D], gl.float32, DQ_L), use_acc=False, is_async=True)
-        dv_acc = warpgroup_mma(p_smem.permute((1, 0)), do_buf, dv_acc, is_async=True)
-        dk_acc = warpgroup_mma(ds_smem.permute((1, 0)), q_buf, dk_acc, is_async=True)
+        dq, dv_acc, dk_acc = _step_products(s, dp, lse2, delta_row, gates, csr_ent, q_buf, do_buf, k_smem, p_smem,
+                                            ds_smem, dv_acc, dk_acc, base, hi, masked, bos, k0, h, r_s, n_s,
+                                            key_limit, scale2, DQ_L, HQ, HKV, G, TT, S, C)  # fmt: skip
         dq = warpgroup_mma_wait(2, deps=[dq])
         tma.store_wait(0)
         dq_smem.store((dq * scale).to(dtype))
@@ -154,11 +141,7 @@ def _consumers(gates, csr_ent, dq_desc, dk_part, dv_part, k_smem, v_smem, q_smem
         tma.async_copy_shared_to_global(dq_desc, [(step0 + i) * BM, 0], dq_smem)
     dv_acc, dk_acc = warpgroup_mma_wait(0, deps=[dv_acc, dk_acc])
     tma.store_wait(0)
-    n_out = gl.arange(0, BN, gl.SliceLayout(1, DKV_L))
-    d_out = gl.arange(0, D, gl.SliceLayout(0, DKV_L))
-    offs = (row0 + n_out)[:, None] * D + d_out[None, :]
-    gl.store(dk_part + offs, dk_acc * scale)
-    gl.store(dv_part + offs, dv_acc)
+    _store_dkv_partial(dk_acc, dv_acc, dk_part, dv_part, row0, scale, DKV_L)
 
 
 @gluon.jit
